@@ -1,0 +1,1 @@
+"""Audit: the record of every run, stage, committed load and watermark."""

@@ -1,0 +1,72 @@
+"""What a person reads: progress while pipelines run and summary tables after."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mocra_elt.runtime.runner import RunResult, StageReport
+
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+status_console = Console(stderr=True, highlight=False)
+
+STATUS_STYLE = {"succeeded": "green", "failed": "red", "skipped": "dim", "running": "yellow"}
+
+
+class ConsoleObserver:
+    """Shows the stage being run as a spinner on a terminal, and one line per stage."""
+
+    def __init__(self) -> None:
+        self.status: Any = None
+        self.interactive = sys.stderr.isatty()
+
+    def run_started(self, pipeline: str, run_id: str) -> None:
+        status_console.print(f"[bold]{pipeline}[/] run {run_id}")
+
+    def stage_started(self, pipeline: str, stage: str) -> None:
+        if self.interactive:
+            self.status = status_console.status(f"{pipeline}: {stage} ...")
+            self.status.start()
+
+    def stage_finished(self, pipeline: str, report: StageReport) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        style = STATUS_STYLE.get(report.status, "")
+        rows = "" if report.rows_out is None else f", {report.rows_out:,} rows"
+        retries = f", {report.attempts - 1} retries" if report.attempts > 1 else ""
+        status = f"[{style}]{report.status}[/]"
+        status_console.print(
+            f"  {report.stage:<9} {status} in {report.seconds:.1f} s{rows}{retries}"
+        )
+
+    def run_finished(self, result: RunResult) -> None:
+        if result.error and result.error_code == "UPSTREAM_FAILED":
+            status_console.print(f"[bold]{result.pipeline}[/] [red]not run[/]: {result.error}")
+
+
+def summary_table(results: list[RunResult]) -> Table:
+    table = Table(title="Runs", title_justify="left")
+    for column in ("pipeline", "run_id", "status", "rows loaded", "seconds", "error"):
+        table.add_column(column)
+    for result in results:
+        loaded = next((s.rows_out for s in result.stages if s.stage == "load"), None)
+        seconds = sum(stage.seconds for stage in result.stages)
+        style = STATUS_STYLE.get(result.status, "")
+        table.add_row(
+            result.pipeline,
+            result.run_id,
+            f"[{style}]{result.status}[/]",
+            "" if loaded is None else f"{loaded:,}",
+            f"{seconds:.1f}",
+            _short(result.error or ""),
+        )
+    return table
+
+
+def _short(text: str, width: int = 90) -> str:
+    first = text.splitlines()[0] if text else ""
+    return first if len(first) <= width else first[: width - 3] + "..."

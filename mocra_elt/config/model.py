@@ -1,0 +1,331 @@
+"""The pipeline definition: what one YAML file in `sources/` may contain.
+
+Models forbid unknown keys, so a misspelt option is an error rather than a
+silent default. Secret values (tokens, passwords, keys) must be references of
+the form `${env:NAME}` or `${secret:dotted.key}`, resolved only at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+STAGES = ("extract", "load", "transform", "quality", "publish")
+Stage = Literal["extract", "load", "transform", "quality", "publish"]
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+SECRET_REFERENCE = re.compile(r"^\$\{(env|secret):([A-Za-z_][A-Za-z0-9_.]*)\}$")
+DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_duration(value: str | int | float) -> timedelta:
+    """Parse `90s`, `15m`, `2h`, `7d` or a number of seconds into a timedelta."""
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    match = DURATION.match(value)
+    if match is None:
+        raise ValueError(f"invalid duration {value!r}: use a number with s, m, h or d, e.g. '2h'")
+    amount, unit = match.groups()
+    return timedelta(**{DURATION_UNITS[unit]: int(amount)})
+
+
+def check_secret_reference(value: str | None) -> str | None:
+    if value is None or SECRET_REFERENCE.match(value):
+        return value
+    raise ValueError(
+        "secrets may not be written in clear text: use '${env:VARIABLE}' or "
+        "'${secret:key.in.secrets_toml}'"
+    )
+
+
+SecretRef = Annotated[str, Field(description="${env:NAME} or ${secret:dotted.key}")]
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+class BearerAuth(Strict):
+    type: Literal["bearer"]
+    token: SecretRef
+
+    _check = field_validator("token")(check_secret_reference)
+
+
+class ApiKeyAuth(Strict):
+    type: Literal["api_key"]
+    name: str = "X-API-Key"
+    location: Literal["header", "query"] = "header"
+    api_key: SecretRef
+
+    _check = field_validator("api_key")(check_secret_reference)
+
+
+class BasicAuth(Strict):
+    type: Literal["basic"]
+    username: str
+    password: SecretRef
+
+    _check = field_validator("password")(check_secret_reference)
+
+
+Auth = Annotated[BearerAuth | ApiKeyAuth | BasicAuth, Field(discriminator="type")]
+
+
+# --- pagination -----------------------------------------------------------------------------
+
+
+class PageNumberPaginator(Strict):
+    type: Literal["page_number"]
+    page_param: str = "page"
+    base_page: int = 1
+    page_size_param: str | None = None
+    page_size: int | None = Field(default=None, gt=0)
+    total_path: str | None = None
+    maximum_page: int | None = Field(default=None, gt=0)
+
+
+class OffsetPaginator(Strict):
+    type: Literal["offset"]
+    limit: int = Field(gt=0)
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    total_path: str | None = None
+
+
+class CursorPaginator(Strict):
+    """A cursor token taken from the response body and sent back as a query parameter."""
+
+    type: Literal["cursor"]
+    cursor_path: str = "next_cursor"
+    cursor_param: str = "cursor"
+
+
+class NextLinkPaginator(Strict):
+    """A full URL of the next page taken from the response body."""
+
+    type: Literal["next_link"]
+    next_url_path: str = "next"
+
+
+class HeaderLinkPaginator(Strict):
+    """The `Link: <...>; rel="next"` response header (RFC 8288)."""
+
+    type: Literal["header_link"]
+
+
+class SinglePage(Strict):
+    type: Literal["single_page"]
+
+
+Paginator = Annotated[
+    PageNumberPaginator
+    | OffsetPaginator
+    | CursorPaginator
+    | NextLinkPaginator
+    | HeaderLinkPaginator
+    | SinglePage,
+    Field(discriminator="type"),
+]
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+class HttpSource(Strict):
+    type: Literal["http"]
+    base_url: str
+    path: str = ""
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    data_selector: str | None = Field(
+        default=None, description="JSONPath of the record list in each page, e.g. 'data'."
+    )
+    paginator: Paginator = Field(default_factory=lambda: SinglePage(type="single_page"))
+    auth: Auth | None = None
+    cursor_param: str | None = Field(
+        default=None,
+        description="Query parameter that receives the watermark of load.incremental.cursor.",
+    )
+    timeout: float = Field(default=30.0, gt=0, description="Seconds per request.")
+    max_attempts: int = Field(
+        default=5, ge=1, description="Attempts per request on 429, 5xx and connection errors."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://", value):
+            raise ValueError(f"base_url {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class CsvOptions(Strict):
+    delimiter: str = ","
+    header: bool = True
+    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "NULL", "null"])
+
+
+class FilesSource(Strict):
+    type: Literal["files"]
+    url: str = Field(description="Local folder, file:// or s3:// URL.")
+    glob: str = "**/*"
+    format: Literal["csv", "jsonl", "parquet"] | None = Field(
+        default=None, description="File format; by default taken from each file's extension."
+    )
+    csv: CsvOptions = Field(default_factory=CsvOptions)
+    incremental_by_modified: bool = Field(
+        default=True, description="Skip files not modified since the last committed load."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options; secret values must be references."
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _check_storage_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("key", "secret", "token", "password", "aws_secret_access_key"):
+            if key in value:
+                check_secret_reference(str(value[key]))
+        return value
+
+
+Source = Annotated[HttpSource | FilesSource, Field(discriminator="type")]
+
+
+# --- load, transform, quality, sinks ----------------------------------------------------------
+
+
+class Incremental(Strict):
+    cursor: str = Field(description="Record field whose maximum becomes the watermark.")
+    initial_value: str | int | None = Field(
+        default=None, description="Watermark used before the first committed load."
+    )
+    lookback: str | int | None = Field(
+        default=None, description="Reload this much before the watermark, e.g. '2h' or 100."
+    )
+
+
+class Load(Strict):
+    dataset: str | None = Field(default=None, pattern=NAME_PATTERN)
+    table: str = Field(pattern=NAME_PATTERN)
+    write_disposition: Literal["append", "replace", "merge"] = "append"
+    primary_key: list[str] = Field(default_factory=list)
+    incremental: Incremental | None = None
+    columns: dict[str, Literal["text", "bigint", "double", "bool", "timestamp", "date"]] = Field(
+        default_factory=dict, description="Column types to cast to before loading."
+    )
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_merge(self) -> Load:
+        if self.write_disposition == "merge" and not self.primary_key:
+            raise ValueError("write_disposition 'merge' needs a primary_key")
+        if self.incremental and self.incremental.lookback is not None:
+            if self.write_disposition != "merge":
+                raise ValueError(
+                    "incremental.lookback reloads rows already loaded, so it needs "
+                    "write_disposition 'merge' to avoid duplicates"
+                )
+        return self
+
+
+class Transform(Strict):
+    select: list[str] = Field(description="dbt selection the pipeline builds, e.g. '+marts'.")
+    exclude: list[str] = Field(default_factory=list)
+    full_refresh: bool = False
+
+    @field_validator("select", "exclude", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Quality(Strict):
+    suites: list[str] = Field(description="Suite names from expectations/.")
+    policy: Literal["block", "warn", "quarantine"] = "block"
+
+
+class Sink(Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = Field(description="Sink kind, such as postgres or object_storage.")
+    model: str = Field(description="dbt model or raw table to publish.")
+
+
+class Backoff(Strict):
+    initial: float = Field(default=1.0, ge=0, description="Seconds before the first retry.")
+    maximum: float = Field(default=60.0, ge=0, description="Upper bound of one delay in seconds.")
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: bool = True
+
+
+class StageRetry(Strict):
+    attempts: int = Field(default=1, ge=1, le=100)
+    backoff: Backoff = Field(default_factory=Backoff)
+
+
+class RetryPolicy(Strict):
+    default: StageRetry = Field(default_factory=StageRetry)
+    extract: StageRetry | None = None
+    load: StageRetry | None = None
+    transform: StageRetry | None = None
+    quality: StageRetry | None = None
+    publish: StageRetry | None = None
+
+    def for_stage(self, stage: str) -> StageRetry:
+        specific = getattr(self, stage, None)
+        return specific if isinstance(specific, StageRetry) else self.default
+
+
+class Pipeline(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    source: Source
+    load: Load
+    transform: Transform | None = None
+    quality: Quality | None = None
+    sinks: list[Sink] = Field(default_factory=list)
+    schedule: str | None = Field(default=None, description="Cron expression, five fields.")
+    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    depends_on: list[str] = Field(default_factory=list)
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"schedule {value!r} is not a valid cron expression")
+        return value
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_lookback(self) -> Pipeline:
+        incremental = self.load.incremental
+        if incremental is not None and incremental.lookback is not None:
+            parse_duration(incremental.lookback)
+        if self.name in self.depends_on:
+            raise ValueError(f"pipeline {self.name!r} cannot depend on itself")
+        return self
+
+    @property
+    def dataset(self) -> str:
+        return self.load.dataset or f"raw_{self.name}"

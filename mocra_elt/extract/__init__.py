@@ -1,0 +1,1 @@
+"""Extract: sources that read from outside systems into Arrow batches."""

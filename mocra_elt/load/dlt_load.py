@@ -1,0 +1,148 @@
+"""Extract into a dlt load package, then normalize and load it into the warehouse.
+
+Each run gets its own dlt working folder, so a package left behind by a crashed
+run is never loaded by a later one. Watermarks live in the audit tables and move
+only in `AuditStore.commit_load`, after dlt reports the load as complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from mocra_elt.config.model import Pipeline
+from mocra_elt.errors import LoadError, MocraError, TransientError
+from mocra_elt.load.warehouse import Warehouse, column_names, quote, table_exists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadResult:
+    load_id: str | None
+    rows: int
+    bytes: int
+
+
+class DltLoader:
+    def __init__(self, pipeline: Pipeline, warehouse: Warehouse, work_dir: Path) -> None:
+        import dlt
+
+        self.pipeline = pipeline
+        self.warehouse = warehouse
+        self.work_dir = work_dir
+        self.dlt_pipeline = dlt.pipeline(
+            pipeline_name=pipeline.name,
+            pipelines_dir=str(work_dir),
+            destination=warehouse.dlt_destination(),
+            dataset_name=pipeline.dataset,
+        )
+        self.extracted_rows = 0
+
+    def extract(self, batches: Iterator[pa.Table]) -> int:
+        """Write the batches into a new load package; return the number of rows extracted."""
+        import dlt
+
+        load = self.pipeline.load
+
+        def counted() -> Iterator[pa.Table]:
+            for batch in batches:
+                self.extracted_rows += batch.num_rows
+                yield batch
+
+        resource = dlt.resource(
+            counted(),
+            name=load.table,
+            table_name=load.table,
+            write_disposition=load.write_disposition,
+            primary_key=list(load.primary_key) or (),
+        )
+        try:
+            self.dlt_pipeline.extract(resource)
+        except Exception as error:
+            raise _unwrap(error) from error
+        return self.extracted_rows
+
+    def load(self) -> LoadResult:
+        """Normalize and load the extracted package; raises if any job failed."""
+        from dlt.common.pipeline import LoadInfo
+
+        if self.extracted_rows == 0:
+            return LoadResult(load_id=None, rows=0, bytes=0)
+        try:
+            normalize_info = self.dlt_pipeline.normalize()
+            info: LoadInfo = self.dlt_pipeline.load()
+        except Exception as error:
+            raise _unwrap(error, LoadError) from error
+        info.raise_on_failed_jobs()
+
+        rows = normalize_info.row_counts.get(self.pipeline.load.table, 0)
+        load_id = info.loads_ids[-1] if info.loads_ids else None
+        return LoadResult(load_id=load_id, rows=rows, bytes=_package_bytes(self.work_dir))
+
+    def discard(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def remove_uncommitted_rows(
+    warehouse: Warehouse, pipeline: Pipeline, committed_load_ids: set[str]
+) -> int:
+    """Delete rows of append tables whose dlt load never committed; return how many.
+
+    A run killed after dlt wrote an append table but before its watermark
+    committed leaves rows that the next run will extract again. Replace and merge
+    tables need no such step: a replace rewrites the table, and a merge of the
+    same rows is idempotent.
+    """
+    if pipeline.load.write_disposition != "append":
+        return 0
+    schema, table = pipeline.dataset, pipeline.load.table
+    with warehouse.connect() as connection:
+        if not table_exists(connection, schema, table):
+            return 0
+        if "_dlt_load_id" not in column_names(connection, schema, table):
+            return 0
+        target = f"{quote(schema)}.{quote(table)}"
+        if committed_load_ids:
+            placeholders = ", ".join("?" for _ in committed_load_ids)
+            where = f"_dlt_load_id not in ({placeholders})"
+            parameters: list[Any] = sorted(committed_load_ids)
+        else:
+            where, parameters = "true", []
+        row = connection.execute(f"select count(*) from {target} where {where}", parameters)
+        count = int(row.fetchone()[0])
+        if count:
+            connection.execute(f"delete from {target} where {where}", parameters)
+        return count
+
+
+def _package_bytes(work_dir: Path) -> int:
+    total = 0
+    for path in work_dir.rglob("*"):
+        if path.is_file() and "completed_jobs" in path.parts:
+            total += path.stat().st_size
+    return total
+
+
+def _unwrap(error: Exception, default: type[MocraError] = LoadError) -> MocraError:
+    """Return the mocra-elt error that dlt wrapped in a PipelineStepFailed, or wrap it."""
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, MocraError):
+            return current
+        current = current.__cause__ or current.__context__
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if _looks_locked(error):
+        return TransientError(f"the warehouse is locked: {message}", error_code="WAREHOUSE_LOCKED")
+    return default(message)
+
+
+def _looks_locked(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "could not set lock" in text or "conflicting lock" in text

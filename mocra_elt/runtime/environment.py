@@ -1,0 +1,27 @@
+"""Process-wide settings for the libraries mocra-elt drives, applied before they are imported."""
+
+from __future__ import annotations
+
+import os
+
+from mocra_elt.config.project import Project
+
+DEFAULTS = {
+    # No usage statistics leave the machine from dbt, dlt or Great Expectations.
+    "DO_NOT_TRACK": "1",
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+    "RUNTIME__DLTHUB_TELEMETRY": "false",
+    # Arrow batches get _dlt_load_id, which crash recovery uses to find uncommitted rows.
+    "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true",
+    # The audit tables, not dlt's local state, hold the watermarks.
+    "RESTORE_FROM_DESTINATION": "false",
+    "DBT_PRINTER_WIDTH": "100",
+}
+
+
+def configure_environment(project: Project) -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # dbt's profiles.yml reads the warehouse path from this variable.
+    os.environ["MOCRA_WAREHOUSE"] = str(project.warehouse_path)
+    os.environ["DLT_DATA_DIR"] = str(project.data_dir / "dlt")

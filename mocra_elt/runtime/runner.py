@@ -1,0 +1,275 @@
+"""Run pipelines: one run_id carried through extract, load, transform, quality and publish."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mocra_elt.audit.store import AuditStore, new_run_id
+from mocra_elt.config.model import STAGES, Pipeline
+from mocra_elt.config.project import Project
+from mocra_elt.errors import MocraError, StageError
+from mocra_elt.load.warehouse import Warehouse
+from mocra_elt.runtime.dag import execution_order
+from mocra_elt.runtime.logs import run_logger
+from mocra_elt.runtime.retry import call_with_retry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageOutcome:
+    """What a stage reports back; the runner writes it to the stage-run row."""
+
+    status: str = "succeeded"
+    rows_in: int | None = None
+    rows_out: int | None = None
+    bytes: int | None = None
+    dlt_load_id: str | None = None
+    dbt_invocation_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageReport:
+    stage: str
+    status: str
+    attempts: int
+    seconds: float
+    rows_out: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    pipeline: str
+    status: str
+    stages: list[StageReport] = field(default_factory=list)
+    error: str | None = None
+    error_code: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+class RunObserver(Protocol):
+    """Receives progress events; the CLI renders them."""
+
+    def run_started(self, pipeline: str, run_id: str) -> None: ...
+
+    def stage_started(self, pipeline: str, stage: str) -> None: ...
+
+    def stage_finished(self, pipeline: str, report: StageReport) -> None: ...
+
+    def run_finished(self, result: RunResult) -> None: ...
+
+
+class SilentObserver:
+    def run_started(self, pipeline: str, run_id: str) -> None:
+        pass
+
+    def stage_started(self, pipeline: str, stage: str) -> None:
+        pass
+
+    def stage_finished(self, pipeline: str, report: StageReport) -> None:
+        pass
+
+    def run_finished(self, result: RunResult) -> None:
+        pass
+
+
+class PipelineRun:
+    """One run of one pipeline. Stage functions live in `mocra_elt.runtime.stages`."""
+
+    def __init__(
+        self,
+        project: Project,
+        pipeline: Pipeline,
+        warehouse: Warehouse,
+        audit: AuditStore,
+        *,
+        trigger: str = "manual",
+        parent_run_id: str | None = None,
+        observer: RunObserver | None = None,
+    ) -> None:
+        self.project = project
+        self.pipeline = pipeline
+        self.warehouse = warehouse
+        self.audit = audit
+        self.trigger = trigger
+        self.parent_run_id = parent_run_id
+        self.observer = observer or SilentObserver()
+        self.run_id = new_run_id()
+        self.log = run_logger(__name__, self.run_id, pipeline.name)
+        self.work_dir = project.run_dir(self.run_id)
+        self.state: dict[str, Any] = {}
+
+    def execute(self) -> RunResult:
+        from mocra_elt.runtime.stages import STAGE_FUNCTIONS, stage_applies
+
+        result = RunResult(run_id=self.run_id, pipeline=self.pipeline.name, status="running")
+        self.audit.start_run(
+            self.run_id, self.pipeline.name, self.trigger, self.project.target, self.parent_run_id
+        )
+        self.observer.run_started(self.pipeline.name, self.run_id)
+        self.log.info("run started (trigger %s)", self.trigger)
+
+        failed: MocraError | None = None
+        for stage in STAGES:
+            if failed is not None or not stage_applies(self.pipeline, stage):
+                reason = "an earlier stage failed" if failed else "not configured"
+                self.audit.record_stage(
+                    self.run_id, stage, status="skipped", details={"reason": reason}
+                )
+                result.stages.append(StageReport(stage, "skipped", 0, 0.0))
+                continue
+            report, error = self._run_stage(stage, STAGE_FUNCTIONS[stage])
+            result.stages.append(report)
+            failed = error
+
+        self._finish(result, failed)
+        return result
+
+    def _run_stage(
+        self, stage: str, function: Callable[[PipelineRun], StageOutcome]
+    ) -> tuple[StageReport, MocraError | None]:
+        started_wall = _now()
+        started = time.monotonic()
+        attempts = 0
+
+        def count(attempt: int) -> None:
+            nonlocal attempts
+            attempts = attempt
+
+        self.observer.stage_started(self.pipeline.name, stage)
+        self.audit.record_stage(self.run_id, stage, status="running", started_at=started_wall)
+        self.log.info("stage %s started", stage)
+        policy = self.pipeline.retry_policy.for_stage(stage)
+        try:
+            outcome = call_with_retry(policy, lambda: function(self), self.log, stage, count)
+        except MocraError as error:
+            return self._stage_failed(stage, started, attempts, error), error
+        except Exception as error:  # noqa: BLE001 - an unexpected failure still ends the run cleanly
+            self.log.exception("stage %s raised an unexpected error", stage)
+            wrapped = StageError(
+                f"{type(error).__name__}: {error}", pipeline=self.pipeline.name, stage=stage
+            )
+            return self._stage_failed(stage, started, attempts, wrapped), wrapped
+
+        seconds = time.monotonic() - started
+        self.audit.record_stage(
+            self.run_id,
+            stage,
+            status=outcome.status,
+            attempts=attempts,
+            rows_in=outcome.rows_in,
+            rows_out=outcome.rows_out,
+            bytes=outcome.bytes,
+            ended_at=_now(),
+            duration_s=seconds,
+            dlt_load_id=outcome.dlt_load_id,
+            dbt_invocation_id=outcome.dbt_invocation_id,
+            details=outcome.details,
+        )
+        self.log.info(
+            "stage %s %s in %.2f s (rows in %s, rows out %s)",
+            stage,
+            outcome.status,
+            seconds,
+            outcome.rows_in,
+            outcome.rows_out,
+        )
+        report = StageReport(stage, outcome.status, attempts, seconds, outcome.rows_out)
+        self.observer.stage_finished(self.pipeline.name, report)
+        return report, None
+
+    def _stage_failed(
+        self, stage: str, started: float, attempts: int, error: MocraError
+    ) -> StageReport:
+        seconds = time.monotonic() - started
+        self.audit.record_stage(
+            self.run_id,
+            stage,
+            status="failed",
+            attempts=attempts,
+            ended_at=_now(),
+            duration_s=seconds,
+            error_code=error.error_code,
+            error=str(error),
+        )
+        self.log.error("stage %s failed with %s: %s", stage, error.error_code, error)
+        report = StageReport(stage, "failed", attempts, seconds, error=str(error))
+        self.observer.stage_finished(self.pipeline.name, report)
+        return report
+
+    def _finish(self, result: RunResult, failed: MocraError | None) -> None:
+        from mocra_elt.runtime.stages import cleanup
+
+        cleanup(self, failed is None)
+        if failed is None:
+            result.status = "succeeded"
+            self.audit.end_run(self.run_id, "succeeded")
+            self.log.info("run succeeded")
+        else:
+            result.status = "failed"
+            result.error = str(failed)
+            result.error_code = failed.error_code
+            self.audit.end_run(self.run_id, "failed", failed.error_code, str(failed))
+            self.log.error("run failed with %s", failed.error_code)
+        self.observer.run_finished(result)
+
+
+def run_pipelines(
+    project: Project,
+    pipelines: dict[str, Pipeline],
+    warehouse: Warehouse,
+    selected: list[str] | None = None,
+    *,
+    trigger: str = "manual",
+    observer: RunObserver | None = None,
+) -> list[RunResult]:
+    """Run the selected pipelines in dependency order.
+
+    A pipeline whose upstream failed in this invocation is recorded as failed
+    with `UPSTREAM_FAILED` and not run.
+    """
+    audit = AuditStore(warehouse)
+    audit.ensure_schema()
+    results: list[RunResult] = []
+    failed_names: set[str] = set()
+    for name in execution_order(pipelines, selected):
+        pipeline = pipelines[name]
+        blocked_by = [upstream for upstream in pipeline.depends_on if upstream in failed_names]
+        if blocked_by:
+            result = _record_upstream_failure(project, pipeline, audit, trigger, blocked_by)
+            (observer or SilentObserver()).run_finished(result)
+        else:
+            run = PipelineRun(
+                project, pipeline, warehouse, audit, trigger=trigger, observer=observer
+            )
+            result = run.execute()
+        if not result.succeeded:
+            failed_names.add(name)
+        results.append(result)
+    return results
+
+
+def _record_upstream_failure(
+    project: Project, pipeline: Pipeline, audit: AuditStore, trigger: str, upstream: list[str]
+) -> RunResult:
+    run_id = new_run_id()
+    message = f"not run because upstream pipeline {', '.join(upstream)} failed in this invocation"
+    audit.start_run(run_id, pipeline.name, trigger, project.target)
+    audit.end_run(run_id, "failed", "UPSTREAM_FAILED", message)
+    return RunResult(run_id, pipeline.name, "failed", error=message, error_code="UPSTREAM_FAILED")
+
+
+def _now() -> Any:
+    from mocra_elt.audit.store import utcnow
+
+    return utcnow()

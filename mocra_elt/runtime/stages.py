@@ -1,0 +1,151 @@
+"""The five stage functions the runner calls, each taking the `PipelineRun`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mocra_elt.config.model import Pipeline
+from mocra_elt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mocra_elt.runtime.runner import PipelineRun, StageOutcome
+
+
+def stage_applies(pipeline: Pipeline, stage: str) -> bool:
+    if stage == "transform":
+        return pipeline.transform is not None
+    if stage == "quality":
+        return pipeline.quality is not None
+    if stage == "publish":
+        return bool(pipeline.sinks)
+    return True
+
+
+def extract(run: PipelineRun) -> StageOutcome:
+    """Read the source past the committed watermarks into a fresh dlt load package."""
+    from mocra_elt.extract.base import ExtractContext, build_reader
+    from mocra_elt.load.dlt_load import DltLoader
+    from mocra_elt.runtime.runner import StageOutcome
+
+    discard_loader(run)  # a retried extract starts from an empty package
+    watermarks = run.audit.current_watermarks(run.pipeline.name)
+    context = ExtractContext(
+        run_id=run.run_id,
+        pipeline=run.pipeline,
+        watermarks=watermarks,
+        work_dir=run.work_dir,
+        log=run.log,
+    )
+    reader = build_reader(context)
+    loader = DltLoader(run.pipeline, run.warehouse, run.work_dir / "dlt")
+    run.state["loader"] = loader
+    run.state["reader"] = reader
+    rows = loader.extract(reader.batches())
+    return StageOutcome(
+        rows_in=reader.rows_read,
+        rows_out=rows,
+        bytes=reader.bytes_read or None,
+        details={
+            "watermarks_before": {name: str(mark.value) for name, mark in watermarks.items()},
+            **context.stats,
+        },
+    )
+
+
+def load(run: PipelineRun) -> StageOutcome:
+    """Load the package, then commit the load and its watermarks in one transaction."""
+    from mocra_elt.load.dlt_load import remove_uncommitted_rows
+    from mocra_elt.runtime.runner import StageOutcome
+
+    loader = run.state["loader"]
+    reader = run.state["reader"]
+    committed = run.audit.committed_load_ids(run.pipeline.name)
+    removed = remove_uncommitted_rows(run.warehouse, run.pipeline, committed)
+    if removed:
+        run.log.warning(
+            "removed %d rows of %s.%s left by a load that never committed",
+            removed,
+            run.pipeline.dataset,
+            run.pipeline.load.table,
+        )
+
+    result = loader.load()
+    watermarks = reader.watermarks()
+    run.audit.commit_load(
+        run_id=run.run_id,
+        pipeline=run.pipeline.name,
+        dataset=run.pipeline.dataset,
+        table=run.pipeline.load.table,
+        load_id=result.load_id,
+        rows_loaded=result.rows,
+        watermarks=watermarks,
+    )
+    return StageOutcome(
+        rows_in=loader.extracted_rows,
+        rows_out=result.rows,
+        bytes=result.bytes or None,
+        dlt_load_id=result.load_id,
+        details={
+            "watermarks_after": {mark.cursor_name: str(mark.value) for mark in watermarks},
+            "uncommitted_rows_removed": removed,
+            "table": f"{run.pipeline.dataset}.{run.pipeline.load.table}",
+        },
+    )
+
+
+def transform(run: PipelineRun) -> StageOutcome:
+    from mocra_elt.runtime.runner import StageOutcome
+    from mocra_elt.transform.dbt import run_build
+
+    assert run.pipeline.transform is not None
+    result = run_build(run.project, run.pipeline.transform, run.run_id, run.pipeline.name)
+    models = [
+        node for node in result.nodes if node["resource_type"] in ("model", "seed", "snapshot")
+    ]
+    return StageOutcome(
+        rows_out=sum(node["rows"] or 0 for node in models) or None,
+        dbt_invocation_id=result.invocation_id,
+        details={"nodes": result.nodes},
+    )
+
+
+def quality(run: PipelineRun) -> StageOutcome:
+    raise ConfigError(
+        f"pipeline {run.pipeline.name!r} defines quality gates, which this version cannot run yet.",
+        pipeline=run.pipeline.name,
+        field="quality",
+    )
+
+
+def publish(run: PipelineRun) -> StageOutcome:
+    kinds = ", ".join(sorted({sink.type for sink in run.pipeline.sinks}))
+    raise ConfigError(
+        f"pipeline {run.pipeline.name!r} defines sinks ({kinds}), which this version cannot "
+        "publish to yet.",
+        pipeline=run.pipeline.name,
+        field="sinks",
+    )
+
+
+def discard_loader(run: PipelineRun) -> None:
+    loader = run.state.pop("loader", None)
+    if loader is not None:
+        loader.discard()
+
+
+def cleanup(run: PipelineRun, succeeded: bool) -> None:
+    """Remove the run's dlt working folder after success; keep it after a failure."""
+    if succeeded:
+        discard_loader(run)
+        if run.work_dir.exists() and not any(run.work_dir.iterdir()):
+            run.work_dir.rmdir()
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[PipelineRun], StageOutcome]] = {
+    "extract": extract,
+    "load": load,
+    "transform": transform,
+    "quality": quality,
+    "publish": publish,
+}

@@ -1,0 +1,30 @@
+"""Checks that need more than the YAML: stage support and dbt selections."""
+
+from __future__ import annotations
+
+from mocra_elt.config.model import Pipeline
+from mocra_elt.config.project import Project
+from mocra_elt.errors import ConfigError
+
+SUPPORTED_SINKS: tuple[str, ...] = ()
+
+
+def check_runnable(project: Project, pipeline: Pipeline) -> None:
+    """Raise ConfigError for parts of a definition this version cannot run."""
+    for index, sink in enumerate(pipeline.sinks):
+        if sink.type not in SUPPORTED_SINKS:
+            allowed = ", ".join(SUPPORTED_SINKS) or "none yet"
+            raise ConfigError(
+                f"pipeline {pipeline.name!r}: sinks[{index}].type {sink.type!r} is not a "
+                f"supported sink (supported: {allowed}).",
+                pipeline=pipeline.name,
+                field=f"sinks[{index}].type",
+            )
+
+
+def check_transform(project: Project, pipeline: Pipeline) -> None:
+    if pipeline.transform is None:
+        return
+    from mocra_elt.transform.dbt import check_selection
+
+    check_selection(project, pipeline.transform, pipeline.name, project.sources_dir)

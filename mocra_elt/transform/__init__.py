@@ -1,0 +1,1 @@
+"""Transform: dbt models built in-process on the warehouse."""
