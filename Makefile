@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m mocra_elt.demo.reference run
+	$(BIN)/mocra-elt demo run
 
 test: $(STAMP)
 	bash scripts/test.sh

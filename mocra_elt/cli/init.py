@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import click
+
+from mocra_elt.cli.main import handle_errors
+from mocra_elt.errors import ConfigError
+
+SCAFFOLD = Path(__file__).resolve().parents[1] / "scaffold"
+RENAMED = {"gitignore": ".gitignore"}
+SKIPPED = {"__init__.py", "__pycache__"}
 
 
 @click.command()
-@click.argument("directory", type=click.Path())
-def init(directory: str) -> None:
-    """Create a new project in DIRECTORY with one example pipeline."""
-    raise click.ClickException("init is not available yet")
+@click.argument("directory", type=click.Path(path_type=Path))
+@handle_errors
+def init(directory: Path) -> None:
+    """Create a new project in DIRECTORY with one example pipeline that runs as it is."""
+    from mocra_elt.cli.console import console
+
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError(f"{directory} already exists and is not empty; choose a new folder name.")
+    copy_scaffold(directory)
+    console.print(
+        f"Created a mocra-elt project in {directory}.\n"
+        f"Next: cd {directory} && mocra-elt run && mocra-elt runs list"
+    )
+
+
+def copy_scaffold(directory: Path) -> None:
+    for source in sorted(SCAFFOLD.rglob("*")):
+        relative = source.relative_to(SCAFFOLD)
+        if source.is_dir() or SKIPPED & set(relative.parts):
+            continue
+        target = directory / relative.parent / RENAMED.get(relative.name, relative.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)

@@ -107,7 +107,9 @@ def cli(
 
 
 def register_commands() -> None:
-    from mocra_elt.cli import demo, init, run_validate, runs
+    from mocra_elt.cli import demo, demo_run, init, run_validate, runs
+
+    demo.demo.add_command(demo_run.run_reference)
 
     cli.add_command(run_validate.run)
     cli.add_command(run_validate.validate)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from mocra_elt.cli.main import Settings, handle_errors
@@ -23,13 +25,17 @@ def run(settings: Settings, pipelines: tuple[str, ...], trigger: str) -> None:
 
     Exit code 0 when every run succeeds, 1 when one fails, 2 on a configuration error.
     """
+    execute_runs(settings.project(), list(pipelines), trigger)
+
+
+def execute_runs(project: Any, pipelines: list[str], trigger: str) -> None:
+    """Run the named pipelines (all when empty), print a summary, raise RunFailed on failure."""
     from mocra_elt.cli.console import ConsoleObserver, console, summary_table
     from mocra_elt.config.loader import load_pipelines
     from mocra_elt.load.warehouse import open_warehouse
     from mocra_elt.runtime.runner import run_pipelines
     from mocra_elt.runtime.validation import check_runnable
 
-    project = settings.project()
     definitions = load_pipelines(project.sources_dir)
     if not definitions:
         raise ConfigError(f"no pipeline definitions found in {project.sources_dir}.")
@@ -43,7 +49,7 @@ def run(settings: Settings, pipelines: tuple[str, ...], trigger: str) -> None:
         project,
         definitions,
         warehouse,
-        list(pipelines) or None,
+        pipelines or None,
         trigger=trigger,
         observer=ConsoleObserver(),
     )

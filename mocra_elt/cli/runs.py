@@ -29,7 +29,7 @@ def list_runs(settings: Settings, pipeline: str | None, limit: int, as_json: boo
     from mocra_elt.cli.console import STATUS_STYLE, console
 
     audit = _audit(settings)
-    rows = audit.list_runs(pipeline, limit)
+    rows = audit.list_runs(pipeline, limit) if audit is not None else []
     if as_json:
         click.echo(json.dumps(rows, default=str, indent=2))
         return
@@ -76,6 +76,11 @@ def show_run(settings: Settings, run_id: str, as_json: bool) -> None:
     from mocra_elt.cli.console import STATUS_STYLE, console
 
     audit = _audit(settings)
+    if audit is None:
+        raise ConfigError(
+            f"run {run_id!r} not found: no runs are recorded yet. Start one with 'mocra-elt run'.",
+            error_code="CONFIG_NOT_FOUND",
+        )
     run = _find_run(audit, run_id)
     stages = audit.stage_runs(run["run_id"])
     watermarks = audit.watermarks_of_run(run["run_id"])
@@ -134,10 +139,7 @@ def _audit(settings: Settings) -> Any:
 
     project = settings.project()
     if project.target == "duckdb" and not project.warehouse_path.exists():
-        raise ConfigError(
-            f"no warehouse at {project.warehouse_path} yet, so no runs are recorded. "
-            "Start one with 'mocra-elt run'."
-        )
+        return None
     return AuditStore(open_warehouse(project))
 
 

@@ -132,9 +132,10 @@ def _describe(issue: Any) -> str:
             f"invalid name {issue['input']!r}: use lower-case letters, digits and underscores, "
             "starting with a letter"
         )
-    message = str(issue["msg"])
-    message = message.removeprefix("Value error, ")
-    return f"{message} (got {issue['input']!r})" if "input" in issue and _short(issue) else message
+    message = str(issue["msg"]).removeprefix("Value error, ")
+    if "secrets may not be written" in message or not _short(issue):
+        return message  # never echo a clear-text secret back
+    return f"{message} (got {issue['input']!r})"
 
 
 def _short(issue: Any) -> bool:

@@ -38,6 +38,7 @@ class ExtractContext:
     watermarks: dict[str, Watermark]
     work_dir: Path
     log: logging.LoggerAdapter[logging.Logger]
+    project_root: Path | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
 

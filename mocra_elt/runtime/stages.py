@@ -36,6 +36,7 @@ def extract(run: PipelineRun) -> StageOutcome:
         watermarks=watermarks,
         work_dir=run.work_dir,
         log=run.log,
+        project_root=run.project.root,
     )
     reader = build_reader(context)
     loader = DltLoader(run.pipeline, run.warehouse, run.work_dir / "dlt")
