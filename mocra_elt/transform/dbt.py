@@ -50,7 +50,28 @@ def dbt_args(project: Project, command: str, *extra: str) -> list[str]:
 def invoke(project: Project, args: list[str]) -> Any:
     from dbt.cli.main import dbtRunner
 
-    return dbtRunner().invoke(args)
+    try:
+        return dbtRunner().invoke(args)
+    finally:
+        if project.target == "duckdb":
+            release_duckdb_warehouse()
+
+
+def release_duckdb_warehouse() -> None:
+    """Close the DuckDB database that dbt-duckdb keeps open after an in-process invocation.
+
+    dbt-duckdb 1.11 caches the database in a class attribute and closes it only at process
+    exit. Until then the warehouse file stays locked against other processes, and a read-only
+    connection to it from this process fails.
+    """
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    # NOTE: _LOCK and _ENV are private to dbt-duckdb, so recheck them when upgrading it.
+    with DuckDBConnectionManager._LOCK:
+        environment = DuckDBConnectionManager._ENV
+        DuckDBConnectionManager._ENV = None
+    if environment is not None:
+        environment.close()
 
 
 def run_build(project: Project, transform: Transform, run_id: str, pipeline: str) -> DbtResult:
