@@ -10,7 +10,8 @@ from rich.table import Table
 
 from mocra_elt.runtime.runner import RunResult, StageReport
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
+# Piped output (CI logs, `| less`) gets a wide fixed width so tables do not wrap ids.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 status_console = Console(stderr=True, highlight=False)
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "skipped": "dim", "running": "yellow"}
@@ -50,8 +51,9 @@ class ConsoleObserver:
 
 def summary_table(results: list[RunResult]) -> Table:
     table = Table(title="Runs", title_justify="left")
-    for column in ("pipeline", "run_id", "status", "rows loaded", "seconds", "error"):
-        table.add_column(column)
+    for column in ("pipeline", "run_id", "status", "rows loaded", "seconds"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("error")
     for result in results:
         loaded = next((s.rows_out for s in result.stages if s.stage == "load"), None)
         seconds = sum(stage.seconds for stage in result.stages)

@@ -125,12 +125,28 @@ def _print_details(console: Any, stages: list[dict[str, Any]], watermarks: list[
         if stage["stage"] == "extract" and details.get("watermarks_before"):
             console.print(f"  watermarks before: {details['watermarks_before']}")
         if stage["stage"] == "transform" and details.get("nodes"):
-            built = ", ".join(f"{n['name']} ({n['status']})" for n in details["nodes"])
-            console.print(f"  dbt nodes: {built}")
+            console.print(f"  dbt: {_summarize_nodes(details['nodes'])}")
         if stage["error"]:
             console.print(f"  {stage['stage']} error {stage['error_code']}: {stage['error']}")
     for mark in watermarks:
         console.print(f"  watermark after: {mark['cursor_name']} = {mark['value']}")
+
+
+def _summarize_nodes(nodes: list[dict[str, Any]]) -> str:
+    """Name every model, seed and snapshot built, and count tests by status."""
+    built = [
+        f"{node['name']} ({node['status']})"
+        for node in nodes
+        if node["resource_type"] in ("model", "seed", "snapshot")
+    ]
+    tests: dict[str, int] = {}
+    for node in nodes:
+        if node["resource_type"] in ("test", "unit_test"):
+            tests[node["status"]] = tests.get(node["status"], 0) + 1
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(tests.items()))
+    failed = [n["name"] for n in nodes if n["status"] in ("fail", "error", "warn")]
+    summary = f"built {', '.join(built) or 'nothing'}; tests: {counts or 'none'}"
+    return summary + (f"; not passing: {', '.join(failed)}" if failed else "")
 
 
 def _audit(settings: Settings) -> Any:

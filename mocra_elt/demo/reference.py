@@ -21,7 +21,7 @@ API_PORT = 8765
 
 def prepare_demo_data(project: Project) -> None:
     """Publish the flights API's first state and write the monthly weather files."""
-    from mocra_elt.demo.flights_api import ensure_initial_state
+    from mocra_elt.demo.flights_state import ensure_initial_state
     from mocra_elt.demo.weather_files import write_weather_files
 
     ensure_initial_state(flights_state_dir(project))

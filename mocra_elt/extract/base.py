@@ -72,6 +72,7 @@ class SourceReader(ABC):
             self.rows_read += table.num_rows
             table = drop_null_typed_columns(table)
             table = cast_columns(table, self.pipeline.load.columns, self.pipeline.name)
+            table = zoned_timestamps_to_microseconds(table)
             if self.cursor is not None:
                 table = self.cursor.filter(table)
             if table.num_rows == 0:
@@ -92,6 +93,20 @@ def drop_null_typed_columns(table: pa.Table) -> pa.Table:
     """Drop columns whose type Arrow could not infer because every value was null."""
     null_columns = [f.name for f in table.schema if pa.types.is_null(f.type)]
     return table.drop_columns(null_columns) if null_columns else table
+
+
+def zoned_timestamps_to_microseconds(table: pa.Table) -> pa.Table:
+    """Cast zoned timestamps to microseconds, the precision of DuckDB's and Postgres' timestamptz.
+
+    Nanoseconds are truncated, because neither warehouse can store them.
+    """
+    for index, column_field in enumerate(table.schema):
+        column_type = column_field.type
+        if pa.types.is_timestamp(column_type) and column_type.tz and column_type.unit != "us":
+            target = pa.timestamp("us", tz=column_type.tz)
+            column = pc.cast(table.column(index), target, safe=column_type.unit != "ns")
+            table = table.set_column(index, column_field.name, column)
+    return table
 
 
 def cast_columns(table: pa.Table, columns: Mapping[str, str], pipeline: str) -> pa.Table:
@@ -140,4 +155,8 @@ def build_reader(context: ExtractContext) -> SourceReader:
         from mocra_elt.extract.files import FilesReader
 
         return FilesReader(context)
+    if source_type == "db":
+        from mocra_elt.extract.db import DbReader
+
+        return DbReader(context)
     raise ConfigError(f"unknown source type {source_type!r}.", pipeline=context.pipeline.name)

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from mocra_elt.config.model import Pipeline
-from mocra_elt.errors import LoadError, MocraError, TransientError
+from mocra_elt.errors import LoadError, MocraError, SourceError, TransientError
 from mocra_elt.load.warehouse import Warehouse, column_names, quote, table_exists
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class DltLoader:
         def counted() -> Iterator[pa.Table]:
             for batch in batches:
                 self.extracted_rows += batch.num_rows
-                yield batch
+                yield require_keys(batch, list(load.primary_key), self.pipeline.name)
 
         resource = dlt.resource(
             counted(),
@@ -88,6 +88,34 @@ class DltLoader:
 
     def discard(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def require_keys(batch: pa.Table, primary_key: list[str], pipeline: str) -> pa.Table:
+    """Check the key columns are present and never NULL, then mark them NOT NULL as dlt does."""
+    schema = batch.schema
+    for name in primary_key:
+        if name not in batch.column_names:
+            raise SourceError(
+                f"pipeline {pipeline!r}: primary key column {name!r} is missing from the source "
+                f"data (columns: {', '.join(batch.column_names)}). Fix load.primary_key.",
+                pipeline=pipeline,
+                stage="extract",
+                error_code="RECORD_PARSE_ERROR",
+                column=name,
+            )
+        nulls = batch.column(name).null_count
+        if nulls:
+            raise SourceError(
+                f"pipeline {pipeline!r}: primary key column {name!r} is NULL in {nulls} rows, so "
+                "they cannot be merged. Fix the source, or choose another load.primary_key.",
+                pipeline=pipeline,
+                stage="extract",
+                error_code="RECORD_PARSE_ERROR",
+                column=name,
+            )
+        index = schema.get_field_index(name)
+        schema = schema.set(index, schema.field(index).with_nullable(False))
+    return batch.cast(schema) if primary_key else batch
 
 
 def remove_uncommitted_rows(
