@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from mocra_elt.demo.flights_state import (
-    INITIAL_UPDATED_AT,
+    INITIAL_UPDATE_DELAY,
     ensure_initial_state,
     publish,
     state_path,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
-    "INITIAL_UPDATED_AT",
+    "INITIAL_UPDATE_DELAY",
     "FaultPlan",
     "FlightsApiServer",
     "ensure_initial_state",

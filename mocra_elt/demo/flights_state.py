@@ -7,7 +7,9 @@ chosen. `publish` replaces the Parquet file atomically (temporary file plus
 state, never a partial one. Publishers take an exclusive lock on `publish.lock`.
 
 The first state holds every flight except those of the data set's latest date
-(2013-12-31 for the full data), all with `updated_at` = INITIAL_UPDATED_AT.
+(2013-12-31 for the full data). Each first-state row gets `updated_at` =
+`time_hour` + INITIAL_UPDATE_DELAY, as if the record last changed after the
+flight, so a watermark taken on it is shared by one hour's flights at most.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from mocra_elt.errors import ConfigError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-INITIAL_UPDATED_AT = datetime(2013, 12, 31, tzinfo=UTC)
+INITIAL_UPDATE_DELAY = timedelta(hours=12)
 STATE_FILE = "flights.parquet"
 SETTINGS_FILE = "state.json"
 LOCK_FILE = "publish.lock"
@@ -63,7 +65,7 @@ def ensure_initial_state(state_dir: Path, limit_rows: int | None = None) -> dict
         flights = _universe(limit_rows)
         held_back = _latest_date(flights)
         initial = flights.filter(_on_date(flights, held_back, negate=True))
-        _write_state(state_dir, _with_updated_at(initial, INITIAL_UPDATED_AT))
+        _write_state(state_dir, _with_initial_updated_at(initial))
         settings = StateSettings(limit_rows, held_back.isoformat())
         _write_atomically(state_dir / SETTINGS_FILE, settings.to_json().encode())
     return summarize(state_dir)
@@ -162,6 +164,16 @@ def _on_date(flights: pa.Table, day: date, negate: bool = False) -> pa.ChunkedAr
         pc.equal(flights.column("day"), day.day),
     )
     return pc.invert(match) if negate else match
+
+
+def _with_initial_updated_at(table: pa.Table) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    scheduled = table.column("time_hour").cast(pa.timestamp("us", tz="UTC"))
+    delay = pa.scalar(INITIAL_UPDATE_DELAY, pa.duration("us"))
+    table = table.drop_columns([n for n in ("updated_at",) if n in table.column_names])
+    return table.append_column("updated_at", pc.add(scheduled, delay))
 
 
 def _with_updated_at(table: pa.Table, instant: datetime) -> pa.Table:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from mocra_elt.cli.main import cli
 from mocra_elt.demo.flights_api import (
-    INITIAL_UPDATED_AT,
+    INITIAL_UPDATE_DELAY,
     FaultPlan,
     FlightsApiServer,
     ensure_initial_state,
@@ -83,7 +83,9 @@ def test_initial_state_holds_back_latest_date(state_dir: Path) -> None:
 
     assert published.num_rows == LIMIT_ROWS - HELD_BACK
     assert days == {(1, 1), (1, 2)}
-    assert set(published["updated_at"].to_pylist()) == {INITIAL_UPDATED_AT}
+    scheduled = published["time_hour"].to_pylist()
+    updated = published["updated_at"].to_pylist()
+    assert updated == [hour + INITIAL_UPDATE_DELAY for hour in scheduled]
 
 
 def test_initial_state_is_written_once(state_dir: Path) -> None:
@@ -112,7 +114,7 @@ def test_records_carry_id_timestamps_and_nulls(api: FlightsApiServer) -> None:
     records = {record["id"]: record for record in all_pages(api, page_size=2000)}
 
     assert records[1]["time_hour"] == "2013-01-01T10:00:00Z"
-    assert records[1]["updated_at"] == "2013-12-31T00:00:00.000000Z"
+    assert records[1]["updated_at"] == "2013-01-01T22:00:00.000000Z"
     assert records[1]["carrier"] == "UA"
     assert records[1]["arr_delay"] == 11
     assert records[839]["dep_time"] is None
@@ -130,7 +132,7 @@ def test_updated_since_keeps_later_rows(api: FlightsApiServer, state_dir: Path) 
     summary = publish(state_dir, rows=7, updates=3)
 
     since = get(api, updated_since=summary["updated_at"], page_size=100).json()
-    before = get(api, updated_since="2013-12-31T00:00:00Z", page_size=100).json()
+    before = get(api, updated_since="2013-01-01T00:00:00Z", page_size=100).json()
     after = get(api, updated_since="2100-01-01T00:00:00+00:00", page_size=100).json()
 
     assert since["total"] == 10

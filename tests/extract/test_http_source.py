@@ -16,6 +16,7 @@ import pytest
 from mocra_elt.config.loader import load_pipelines
 from mocra_elt.config.project import Project
 from mocra_elt.demo.flights_api import FaultPlan, FlightsApiServer, publish, start_server
+from mocra_elt.demo.flights_state import read_state
 from mocra_elt.extract.http import format_cursor_value, records_to_table
 from mocra_elt.load.warehouse import open_warehouse
 from mocra_elt.runtime.environment import configure_environment
@@ -235,6 +236,7 @@ def test_incremental_loads_new_and_updated_rows(
 ) -> None:
     write_flights_pipeline(project_dir, api.url)
 
+    initial_maximum = max(read_state(state_dir)["updated_at"].to_pylist())
     first = run_flights(project_dir)
     second = run_flights(project_dir)
     publish(state_dir, rows=50)
@@ -263,7 +265,7 @@ def test_incremental_loads_new_and_updated_rows(
 
     marks = watermark_rows(project_dir)
     assert [mark[3] for mark in marks] == [first.run_id, third.run_id, fourth.run_id]
-    assert marks[0][1] == "2013-12-31T00:00:00"
+    assert datetime.fromisoformat(marks[0][1]) == initial_maximum.replace(tzinfo=None)
     latest = datetime.fromisoformat(update["updated_at"].replace("Z", ""))
     assert datetime.fromisoformat(marks[-1][1]) == latest
     assert len(json.loads(marks[-1][2])) == 20
@@ -295,7 +297,8 @@ def test_failure_mid_read_changes_nothing(project_dir: Path, state_dir: Path) ->
     with start_server(state_dir, token=TOKEN, limit_rows=LIMIT_ROWS) as server:
         write_flights_pipeline(project_dir, server.url)
         assert run_flights(project_dir).succeeded
-    publish(state_dir, rows=100, updates=10)
+    # Enough new and updated rows for the incremental read to need more than two pages.
+    publish(state_dir, rows=400, updates=300)
     table_before = table_contents(project_dir)
     marks_before = watermark_rows(project_dir)
 
