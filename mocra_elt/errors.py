@@ -23,6 +23,7 @@ ERROR_CODES: dict[str, str] = {
     "RECORD_PARSE_ERROR": "A record could not be parsed.",
     "LOAD_FAILED": "The load into the warehouse failed.",
     "WAREHOUSE_LOCKED": "The warehouse is locked by another process.",
+    "PIPELINE_LOCKED": "Another run of the pipeline, or of one writing the same table, is active.",
     "TRANSFORM_FAILED": "A dbt model or test failed.",
     "QUALITY_BLOCKED": "A quality gate with the block policy failed.",
     "SINK_FAILED": "Publishing to a sink failed.",
@@ -132,6 +133,12 @@ class SinkError(StageError):
 
 class WarehouseLockedError(TransientError):
     error_code = "WAREHOUSE_LOCKED"
+
+
+class PipelineLockedError(StageError):
+    """Another run holds the pipeline's lock; retried only by waiting, not by the retry policy."""
+
+    error_code = "PIPELINE_LOCKED"
 
 
 class RunFailed(MocraError):

@@ -18,17 +18,24 @@ from mocra_elt.errors import ConfigError, RunFailed
     show_default=True,
     help="Label stored with the run in the audit tables, e.g. manual, schedule or ci.",
 )
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for another run of the same pipeline or table to finish.",
+)
 @click.pass_obj
 @handle_errors
-def run(settings: Settings, pipelines: tuple[str, ...], trigger: str) -> None:
+def run(settings: Settings, pipelines: tuple[str, ...], trigger: str, wait: float) -> None:
     """Run PIPELINES (default: all) in dependency order.
 
     Exit code 0 when every run succeeds, 1 when one fails, 2 on a configuration error.
     """
-    execute_runs(settings.project(), list(pipelines), trigger)
+    execute_runs(settings.project(), list(pipelines), trigger, wait)
 
 
-def execute_runs(project: Any, pipelines: list[str], trigger: str) -> None:
+def execute_runs(project: Any, pipelines: list[str], trigger: str, wait: float = 0.0) -> None:
     """Run the named pipelines (all when empty), print a summary, raise RunFailed on failure."""
     from mocra_elt.cli.console import ConsoleObserver, console, summary_table
     from mocra_elt.config.loader import load_pipelines
@@ -52,6 +59,7 @@ def execute_runs(project: Any, pipelines: list[str], trigger: str) -> None:
         pipelines or None,
         trigger=trigger,
         observer=ConsoleObserver(),
+        lock_wait=wait,
     )
     console.print(summary_table(results))
     failed = [result for result in results if not result.succeeded]

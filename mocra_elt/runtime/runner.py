@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from mocra_elt.audit.store import AuditStore, new_run_id
 from mocra_elt.config.model import STAGES, Pipeline
 from mocra_elt.config.project import Project
-from mocra_elt.errors import MocraError, StageError
+from mocra_elt.errors import MocraError, PipelineLockedError, StageError
 from mocra_elt.load.warehouse import Warehouse
 from mocra_elt.runtime.dag import execution_order
 from mocra_elt.runtime.logs import run_logger
@@ -96,6 +96,7 @@ class PipelineRun:
         trigger: str = "manual",
         parent_run_id: str | None = None,
         observer: RunObserver | None = None,
+        lock_wait: float = 0.0,
     ) -> None:
         self.project = project
         self.pipeline = pipeline
@@ -104,13 +105,15 @@ class PipelineRun:
         self.trigger = trigger
         self.parent_run_id = parent_run_id
         self.observer = observer or SilentObserver()
+        self.lock_wait = lock_wait
         self.run_id = new_run_id()
         self.log = run_logger(__name__, self.run_id, pipeline.name)
         self.work_dir = project.run_dir(self.run_id)
         self.state: dict[str, Any] = {}
 
     def execute(self) -> RunResult:
-        from mocra_elt.runtime.stages import STAGE_FUNCTIONS, stage_applies
+        """Run every stage under the pipeline's locks; a held lock fails the run at once."""
+        from mocra_elt.runtime.locks import run_locks
 
         result = RunResult(run_id=self.run_id, pipeline=self.pipeline.name, status="running")
         self.audit.start_run(
@@ -118,6 +121,16 @@ class PipelineRun:
         )
         self.observer.run_started(self.pipeline.name, self.run_id)
         self.log.info("run started (trigger %s)", self.trigger)
+        try:
+            with run_locks(self.project, self.pipeline, self.run_id, self.lock_wait):
+                self._run_stages(result)
+        except PipelineLockedError as error:
+            self.log.error("run not started: %s", error)
+            self._finish(result, error)
+        return result
+
+    def _run_stages(self, result: RunResult) -> None:
+        from mocra_elt.runtime.stages import STAGE_FUNCTIONS, stage_applies
 
         failed: MocraError | None = None
         for stage in STAGES:
@@ -133,7 +146,6 @@ class PipelineRun:
             failed = error
 
         self._finish(result, failed)
-        return result
 
     def _run_stage(
         self, stage: str, function: Callable[[PipelineRun], StageOutcome]
@@ -232,6 +244,7 @@ def run_pipelines(
     *,
     trigger: str = "manual",
     observer: RunObserver | None = None,
+    lock_wait: float = 0.0,
 ) -> list[RunResult]:
     """Run the selected pipelines in dependency order.
 
@@ -250,7 +263,13 @@ def run_pipelines(
             (observer or SilentObserver()).run_finished(result)
         else:
             run = PipelineRun(
-                project, pipeline, warehouse, audit, trigger=trigger, observer=observer
+                project,
+                pipeline,
+                warehouse,
+                audit,
+                trigger=trigger,
+                observer=observer,
+                lock_wait=lock_wait,
             )
             result = run.execute()
         if not result.succeeded:
