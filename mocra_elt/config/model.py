@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -174,9 +174,28 @@ class CsvOptions(Strict):
 
 
 class FilesSource(Strict):
+    """CSV, JSON lines or Parquet files in a local folder or an S3 bucket.
+
+    Every row gets a `_source_file` column: the file's path relative to `url`.
+    """
+
+    # storage_options keys that must be secret references.
+    SECRET_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "key",
+        "secret",
+        "token",
+        "password",
+        "aws_secret_access_key",
+    )
+
     type: Literal["files"]
-    url: str = Field(description="Local folder, file:// or s3:// URL.")
-    glob: str = "**/*"
+    url: str = Field(
+        description="Local folder (relative to the project root), file:// or s3://bucket/prefix."
+    )
+    glob: str = Field(
+        default="**/*",
+        description="Files to read under url, with ** for any depth and {a,b} for alternatives.",
+    )
     format: Literal["csv", "jsonl", "parquet"] | None = Field(
         default=None, description="File format; by default taken from each file's extension."
     )
@@ -188,16 +207,129 @@ class FilesSource(Strict):
         default_factory=dict, description="fsspec options; secret values must be references."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _check_scheme(cls, value: str) -> str:
+        scheme, separator, _ = value.partition("://")
+        if separator and scheme not in ("file", "s3"):
+            raise ValueError(
+                f"url {value!r} has the unsupported scheme {scheme!r}: use a local folder, "
+                "file:// or s3://"
+            )
+        return value
+
     @field_validator("storage_options")
     @classmethod
     def _check_storage_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in ("key", "secret", "token", "password", "aws_secret_access_key"):
+        for key in cls.SECRET_OPTIONS:
             if key in value:
                 check_secret_reference(str(value[key]))
         return value
 
 
-Source = Annotated[HttpSource | FilesSource, Field(discriminator="type")]
+PG_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+def check_reference_or_plain(value: str | int | None) -> str | int | None:
+    """Accept a plain value or a `${env:NAME}` / `${secret:key}` reference, nothing in between."""
+    if isinstance(value, str) and "${" in value:
+        check_secret_reference(value)
+    return value
+
+
+def check_table_name(value: str) -> str:
+    """Accept `table` or `schema.table`; each part is used exactly as written (quoted)."""
+    parts = value.split(".")
+    if len(parts) > 2 or not all(PG_IDENTIFIER.match(part) for part in parts):
+        raise ValueError(
+            f"invalid table name {value!r}: use 'table' or 'schema.table' with letters, digits "
+            "and underscores"
+        )
+    return value
+
+
+class PostgresConnection(Strict):
+    """Connection settings of a PostgreSQL database: a URL reference, or one field per setting.
+
+    Plain values are allowed for host, port, user and database; the password and
+    the URL (which contains the password) must be references.
+    """
+
+    url: SecretRef | None = Field(
+        default=None,
+        description="Reference to postgresql://user:password@host:port/database?sslmode=...",
+    )
+    host: str | None = None
+    port: int | str = 5432
+    user: str | None = None
+    password: SecretRef | None = None
+    database: str | None = None
+
+    _check_url = field_validator("url", "password")(check_secret_reference)
+    _check_plain = field_validator("host", "port", "user", "database")(check_reference_or_plain)
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> PostgresConnection:
+        fields = {"host": self.host, "user": self.user, "database": self.database}
+        if self.url is not None:
+            also_set = [name for name, value in fields.items() if value is not None]
+            if also_set or self.password is not None:
+                raise ValueError(
+                    "give either url or host/port/user/password/database, not both "
+                    f"(also set: {', '.join(also_set or ['password'])})"
+                )
+            return self
+        missing = [name for name, value in fields.items() if value is None]
+        if missing:
+            raise ValueError(
+                "a connection needs url, or host, user and database (missing: "
+                f"{', '.join(missing)})"
+            )
+        return self
+
+
+class DbSource(PostgresConnection):
+    """A PostgreSQL table or view, read in Arrow batches over binary COPY.
+
+    With load.incremental, the predicate `cursor >= start` runs in the database,
+    so only rows at or past the committed watermark (minus the lookback) are read.
+    `where` is trusted SQL: it is sent to the database as written, so it must
+    come from the pipeline's author, never from data.
+    """
+
+    type: Literal["db"]
+    table: str = Field(description="'table' (in schema public) or 'schema.table'.")
+    columns: list[str] = Field(
+        default_factory=list, description="Columns to read; all columns when empty."
+    )
+    where: str | None = Field(
+        default=None, description="A single SQL boolean expression that filters the rows."
+    )
+
+    _check_table = field_validator("table")(check_table_name)
+
+    @field_validator("columns")
+    @classmethod
+    def _check_columns(cls, value: list[str]) -> list[str]:
+        invalid = [name for name in value if not PG_IDENTIFIER.match(name)]
+        if invalid:
+            raise ValueError(f"invalid column names: {', '.join(map(repr, invalid))}")
+        if len(set(value)) != len(value):
+            raise ValueError("columns lists a column more than once")
+        return value
+
+    @field_validator("where")
+    @classmethod
+    def _check_where(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from mocra_elt.extract.db import check_filter_expression
+
+        check_filter_expression(value)
+        return value
+
+
+Source = Annotated[HttpSource | FilesSource | DbSource, Field(discriminator="type")]
 
 
 # --- load, transform, quality, sinks ----------------------------------------------------------
@@ -252,9 +384,58 @@ class Transform(Strict):
         return [value] if isinstance(value, str) else value
 
 
+class QualitySuite(Strict):
+    """A suite entry with a policy for this pipeline: `{name: NAME, policy: warn}`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    policy: Literal["block", "warn", "quarantine"] | None = None
+
+
 class Quality(Strict):
-    suites: list[str] = Field(description="Suite names from expectations/.")
-    policy: Literal["block", "warn", "quarantine"] = "block"
+    """Quality gates run after transform and before publish.
+
+    A rule's policy is its own, else this pipeline's policy for its suite, else
+    the suite file's, else `policy` here.
+    """
+
+    suites: list[QualitySuite] = Field(
+        min_length=1, description="Suite names (file stems in expectations/), or {name, policy}."
+    )
+    policy: Literal["block", "warn", "quarantine"] = Field(
+        default="block", description="Policy of suites that set none."
+    )
+    memory_budget_mb: int = Field(
+        default=512, ge=16, description="Memory for one batch of rows checked in pandas, in MiB."
+    )
+    batch_rows: int | None = Field(
+        default=None, ge=1, description="Rows per checked batch; overrides memory_budget_mb."
+    )
+
+    @field_validator("suites", mode="before")
+    @classmethod
+    def _name_entries(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"name": entry} if isinstance(entry, str) else entry for entry in value]
+        return value
+
+    @field_validator("suites")
+    @classmethod
+    def _check_unique(cls, value: list[QualitySuite]) -> list[QualitySuite]:
+        names = [entry.name for entry in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"suite {', '.join(repeated)} is listed more than once")
+        return value
+
+    @property
+    def suite_names(self) -> list[str]:
+        return [entry.name for entry in self.suites]
+
+    def policy_for(self, suite: str) -> Literal["block", "warn", "quarantine"] | None:
+        """Return the policy this pipeline sets for one suite, if any."""
+        return next((entry.policy for entry in self.suites if entry.name == suite), None)
 
 
 class Sink(Strict):

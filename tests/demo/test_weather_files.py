@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -187,8 +188,13 @@ def test_cli_default_folder(project_dir: Path) -> None:
 # --- the reference pipeline -------------------------------------------------------------------
 
 
+def copy_expectations(project_dir: Path) -> None:
+    shutil.copytree(REPO_ROOT / "expectations", project_dir / "expectations", dirs_exist_ok=True)
+
+
 def weather_project(project_dir: Path, folder: Path) -> None:
-    """Copy sources/weather.yml, reading `folder` and without the dbt transform."""
+    """Copy sources/weather.yml and its quality suites, reading `folder`, without dbt."""
+    copy_expectations(project_dir)
     definition = yaml.safe_load((REPO_ROOT / "sources" / "weather.yml").read_text())
     definition["source"]["url"] = str(folder)
     definition.pop("transform")
@@ -283,6 +289,7 @@ def test_reference_pipeline_merges_correction(project_dir: Path, tmp_path: Path)
 def test_reference_url_is_relative_to_project(project_dir: Path) -> None:
     # sources/weather.yml reads .mocra/demo/weather under the project root.
     write_weather_files(project_dir / ".mocra" / "demo" / "weather", months=[1])
+    copy_expectations(project_dir)
     definition = yaml.safe_load((REPO_ROOT / "sources" / "weather.yml").read_text())
     definition.pop("transform")
     (project_dir / "sources" / "weather.yml").write_text(yaml.safe_dump(definition))
