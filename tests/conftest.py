@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest_services import *  # noqa: F403 - the service fixtures
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

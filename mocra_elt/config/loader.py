@@ -100,6 +100,7 @@ def _format_location(location: tuple[int | str, ...]) -> str:
 _UNION_TAGS = {
     "http",
     "files",
+    "db",
     "bearer",
     "api_key",
     "basic",

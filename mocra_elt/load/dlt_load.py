@@ -63,8 +63,9 @@ class DltLoader:
             write_disposition=load.write_disposition,
             primary_key=list(load.primary_key) or (),
         )
+        file_format = getattr(self.warehouse, "loader_file_format", None)
         try:
-            self.dlt_pipeline.extract(resource)
+            self.dlt_pipeline.extract(resource, loader_file_format=file_format)
         except Exception as error:
             raise _unwrap(error) from error
         return self.extracted_rows

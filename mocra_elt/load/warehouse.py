@@ -1,17 +1,30 @@
-"""The warehouse a project loads into: a DuckDB file by default."""
+"""The warehouse a project loads into: a DuckDB file by default, or a PostgreSQL database.
+
+`connect()` of either yields a connection whose `execute(sql, parameters)`
+takes `?` parameters, returns a cursor (`fetchone`, `fetchall`, `description`)
+and commits each statement unless an explicit `begin` opened a transaction.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mocra_elt.config.project import Project
 from mocra_elt.errors import ConfigError, WarehouseLockedError
 
+if TYPE_CHECKING:
+    from mocra_elt.load.postgres import PgConnectionInfo
+
 log = logging.getLogger(__name__)
+
+# dlt's postgres credentials require a password, even when the server trusts the
+# client and ignores it. dlt gets this one when MOCRA_PG_PASSWORD and PGPASSWORD are empty.
+UNUSED_PASSWORD = "unused-password-for-trust-auth"
 
 
 class Cursor(Protocol):
@@ -70,11 +83,64 @@ class DuckDBWarehouse:
         return dlt.destinations.duckdb(credentials=str(self.path))
 
 
+class PostgresWarehouse:
+    """A PostgreSQL database: dlt datasets, dbt's `analytics` and `mocra_audit` are its schemas.
+
+    The connection settings come from MOCRA_PG_HOST, _PORT, _USER, _PASSWORD and
+    _DATABASE, the same variables profiles.yml's `pg` target reads.
+    """
+
+    name = "postgres"
+    # dlt loads Parquet through ADBC's binary COPY. A 300,000-row merge (3 columns, 2 cores)
+    # loaded 262-328k rows/s this way against 175-225k rows/s with dlt's CSV COPY. dlt then
+    # creates JSON columns as `json`, not `jsonb`, because ADBC cannot COPY into jsonb.
+    loader_file_format = "parquet"
+
+    def __init__(self, info: PgConnectionInfo) -> None:
+        self.info = info
+
+    @classmethod
+    def from_env(cls) -> PostgresWarehouse:
+        from mocra_elt.load.postgres import info_from_env
+
+        return cls(info_from_env())
+
+    def describe(self) -> str:
+        return f"PostgreSQL database {self.info.describe()}"
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """Open a psycopg2 connection in autocommit mode that takes `?` parameters."""
+        from mocra_elt.load.postgres import connect_dbapi
+
+        with connect_dbapi(self.info) as connection:
+            yield connection
+
+    def dlt_destination(self) -> Any:
+        import dlt
+
+        return dlt.destinations.postgres(credentials=self.dlt_credentials())
+
+    def dlt_credentials(self) -> dict[str, Any]:
+        # NOTE: the placeholder also hides a password in ~/.pgpass from dlt, so set
+        # MOCRA_PG_PASSWORD or PGPASSWORD when the server requires one.
+        password = self.info.password or os.environ.get("PGPASSWORD") or UNUSED_PASSWORD
+        return {
+            "database": self.info.database,
+            "username": self.info.user,
+            "password": password,
+            "host": self.info.host,
+            "port": self.info.port,
+        }
+
+
 def open_warehouse(project: Project) -> Warehouse:
     if project.target == "duckdb":
         return DuckDBWarehouse(project.warehouse_path)
+    if project.target == "pg":
+        return PostgresWarehouse.from_env()
     raise ConfigError(
-        f"warehouse target {project.target!r} is not supported yet; use --target duckdb."
+        f"warehouse target {project.target!r} is not supported; use --target duckdb or pg."
     )
 
 

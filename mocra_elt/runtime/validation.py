@@ -6,11 +6,15 @@ from mocra_elt.config.model import Pipeline
 from mocra_elt.config.project import Project
 from mocra_elt.errors import ConfigError
 
-SUPPORTED_SINKS: tuple[str, ...] = ()
+SUPPORTED_SINKS: tuple[str, ...] = ("postgres", "object_storage")
 
 
 def check_runnable(project: Project, pipeline: Pipeline) -> None:
     """Raise ConfigError for parts of a definition this version cannot run."""
+    from mocra_elt.publish.config import parse_sink
+    from mocra_elt.quality.suites import check_pipeline_suites
+
+    check_pipeline_suites(project, pipeline)
     for index, sink in enumerate(pipeline.sinks):
         if sink.type not in SUPPORTED_SINKS:
             allowed = ", ".join(SUPPORTED_SINKS) or "none yet"
@@ -20,6 +24,7 @@ def check_runnable(project: Project, pipeline: Pipeline) -> None:
                 pipeline=pipeline.name,
                 field=f"sinks[{index}].type",
             )
+        parse_sink(sink, pipeline.name, index)
 
 
 def check_transform(project: Project, pipeline: Pipeline) -> None:
