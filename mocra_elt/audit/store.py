@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +40,7 @@ DDL = (
         bytes bigint,
         started_at timestamp,
         ended_at timestamp,
-        duration_s double,
+        duration_s double precision,
         error_code varchar,
         error varchar,
         dlt_load_id varchar,
@@ -227,8 +228,13 @@ class AuditStore:
         load_id: str | None,
         rows_loaded: int,
         watermarks: list[Watermark],
+        on_commit: Callable[[Any], None] | None = None,
     ) -> None:
-        """Record a finished load and move its watermarks, in one transaction."""
+        """Record a finished load and move its watermarks, in one transaction.
+
+        `on_commit` runs inside that transaction with the open connection, for
+        changes that must commit with the load, such as marking replayed letters.
+        """
         now = utcnow()
         with self.warehouse.connect() as connection:
             connection.execute("begin")
@@ -253,6 +259,8 @@ class AuditStore:
                             now,
                         ],
                     )
+                if on_commit is not None:
+                    on_commit(connection)
                 connection.execute("commit")
             except BaseException:
                 connection.execute("rollback")

@@ -107,7 +107,7 @@ def cli(
 
 
 def register_commands() -> None:
-    from mocra_elt.cli import demo, demo_run, init, metrics, run_validate, runs
+    from mocra_elt.cli import demo, demo_run, dlq, init, metrics, quality, run_validate, runs
 
     demo.demo.add_command(demo_run.run_reference)
 
@@ -116,6 +116,8 @@ def register_commands() -> None:
     cli.add_command(runs.runs)
     cli.add_command(init.init)
     cli.add_command(metrics.metrics)
+    cli.add_command(dlq.dlq)
+    cli.add_command(quality.quality)
     cli.add_command(demo.demo)
 
 

@@ -84,8 +84,15 @@ def show_run(settings: Settings, run_id: str, as_json: bool) -> None:
     run = _find_run(audit, run_id)
     stages = audit.stage_runs(run["run_id"])
     watermarks = audit.watermarks_of_run(run["run_id"])
+    quality, letters = _quality_and_letters(settings, audit, run["run_id"])
     if as_json:
-        document = {"run": run, "stages": stages, "watermarks": watermarks}
+        document = {
+            "run": run,
+            "stages": stages,
+            "watermarks": watermarks,
+            "quality_results": quality,
+            "dead_letters": letters,
+        }
         click.echo(json.dumps(document, default=str, indent=2))
         return
 
@@ -117,6 +124,47 @@ def show_run(settings: Settings, run_id: str, as_json: bool) -> None:
         )
     console.print(table)
     _print_details(console, stages, watermarks)
+    _print_quality(console, quality)
+    if letters:
+        console.print(
+            f"  dead letters: {len(letters)} (see 'mocra-elt dlq list --run {run['run_id']}')"
+        )
+        for letter in letters[:5]:
+            console.print(
+                f"    {letter['id']} {letter['stage']} {letter['error_code']} "
+                f"{letter['source_ref'] or ''} [{letter['status']}]",
+                markup=False,
+            )
+
+
+def _quality_and_letters(
+    settings: Settings, audit: Any, run_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from mocra_elt.audit.dead_letters import DeadLetterStore
+    from mocra_elt.quality.results import results_of_run
+
+    project = settings.project()
+    letters = DeadLetterStore(audit.warehouse, project.data_dir).list_letters(run_id=run_id)
+    return results_of_run(audit.warehouse, run_id), letters
+
+
+def _print_quality(console: Any, results: list[dict[str, Any]]) -> None:
+    if not results:
+        return
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    console.print(f"  quality: {summary}")
+    for result in results:
+        if result["status"] == "passed":
+            continue
+        console.print(
+            f"    {result['suite']} {result['rule']} {result['column_name'] or ''}: "
+            f"{result['status']} ({result['unexpected_count']} unexpected, policy "
+            f"{result['policy']})",
+            markup=False,
+        )
 
 
 def _print_details(console: Any, stages: list[dict[str, Any]], watermarks: list[Any]) -> None:
@@ -126,6 +174,11 @@ def _print_details(console: Any, stages: list[dict[str, Any]], watermarks: list[
             console.print(f"  watermarks before: {details['watermarks_before']}")
         if stage["stage"] == "transform" and details.get("nodes"):
             console.print(f"  dbt: {_summarize_nodes(details['nodes'])}")
+        if stage["stage"] == "publish" and details.get("sinks"):
+            for sink, sink_details in details["sinks"].items():
+                console.print(
+                    f"  sink {sink}: {json.dumps(sink_details, default=str)}", markup=False
+                )
         if stage["error"]:
             console.print(f"  {stage['stage']} error {stage['error_code']}: {stage['error']}")
     for mark in watermarks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,10 @@ from mocra_elt.extract.incremental import RecordCursor
 
 RUN_ID_COLUMN = "_mocra_run_id"
 
+# Above this many rows, a batch in which no value converts fails the run instead of
+# dead-lettering every row, because a wrong load.columns type is the likely cause.
+WHOLE_BATCH_REJECTION = 100
+
 ARROW_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(),
     "bigint": pa.int64(),
@@ -27,6 +32,23 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz="UTC"),
     "date": pa.date32(),
 }
+
+
+@dataclass
+class RejectedRecord:
+    """A record the extract stage could not parse or convert; it becomes a dead letter.
+
+    `payload` is the record as text in `payload_format` (a CSV line, whose
+    `header` is kept to parse it again, or one JSON object), so a replay can
+    feed it through the same reader once the cause is fixed.
+    """
+
+    source_ref: str
+    payload: str
+    payload_format: str
+    error: str
+    error_code: str = "RECORD_PARSE_ERROR"
+    header: str | None = None
 
 
 @dataclass
@@ -40,6 +62,7 @@ class ExtractContext:
     log: logging.LoggerAdapter[logging.Logger]
     project_root: Path | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    rejected: list[RejectedRecord] = field(default_factory=list)
 
 
 class SourceReader(ABC):
@@ -71,7 +94,8 @@ class SourceReader(ABC):
         for table in self.read():
             self.rows_read += table.num_rows
             table = drop_null_typed_columns(table)
-            table = cast_columns(table, self.pipeline.load.columns, self.pipeline.name)
+            table, rejected = cast_rows(table, self.pipeline.load.columns, self.pipeline.name)
+            self.context.rejected.extend(rejected)
             table = zoned_timestamps_to_microseconds(table)
             if self.cursor is not None:
                 table = self.cursor.filter(table)
@@ -133,6 +157,73 @@ def cast_columns(table: pa.Table, columns: Mapping[str, str], pipeline: str) -> 
             ) from error
         table = table.set_column(table.column_names.index(name), name, converted)
     return table
+
+
+def cast_rows(
+    table: pa.Table, columns: Mapping[str, str], pipeline: str
+) -> tuple[pa.Table, list[RejectedRecord]]:
+    """Cast declared columns, setting aside the rows whose value cannot be converted.
+
+    A column whose type cannot be cast at all still raises, because that is a
+    configuration error rather than bad records.
+    """
+    try:
+        return cast_columns(table, columns, pipeline), []
+    except SourceError as error:
+        if error.context.get("column") is None:
+            raise
+    bad = sorted(_uncastable_rows(table, columns).items())
+    if len(bad) == table.num_rows > WHOLE_BATCH_REJECTION:
+        # Not one value of a large batch converts: the declared type is wrong, not the records.
+        return cast_columns(table, columns, pipeline), []
+    rejected = [_rejected_row(table, index, reason) for index, reason in bad]
+    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows)), pa.array([i for i, _ in bad])))
+    return cast_columns(table.filter(keep), columns, pipeline), rejected
+
+
+def _uncastable_rows(table: pa.Table, columns: Mapping[str, str]) -> dict[int, str]:
+    """Return {row index: reason} for values that do not convert, halving ranges to find them."""
+    reasons: dict[int, str] = {}
+    for name, type_name in columns.items():
+        if name not in table.column_names or table.column(name).type == ARROW_TYPES[type_name]:
+            continue
+        column = table.column(name).combine_chunks()
+        pending = [(0, len(column))]
+        while pending:
+            start, stop = pending.pop()
+            if _converts(column.slice(start, stop - start), type_name):
+                continue
+            if stop - start == 1:
+                value = column[start].as_py()
+                reasons.setdefault(start, f"column {name!r}: {value!r} is not a valid {type_name}")
+                continue
+            middle = (start + stop) // 2
+            pending += [(start, middle), (middle, stop)]
+    return reasons
+
+
+def _converts(values: pa.Array, type_name: str) -> bool:
+    target = ARROW_TYPES[type_name]
+    try:
+        if pa.types.is_timestamp(target) and pa.types.is_string(values.type):
+            _parse_timestamps(pa.chunked_array([values]))
+        else:
+            pc.cast(values, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _rejected_row(table: pa.Table, index: int, reason: str) -> RejectedRecord:
+    row = table.slice(index, 1).to_pylist()[0]
+    origin = row.pop("_source_file", None)
+    where = f"{origin} record {index + 1}" if origin else f"batch record {index + 1}"
+    return RejectedRecord(
+        source_ref=where,
+        payload=json.dumps(row, default=str, sort_keys=True),
+        payload_format="jsonl",
+        error=reason,
+    )
 
 
 def _parse_timestamps(column: pa.ChunkedArray) -> pa.ChunkedArray:

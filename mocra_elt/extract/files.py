@@ -28,7 +28,7 @@ from mocra_elt.audit.store import Watermark
 from mocra_elt.config.model import SECRET_REFERENCE, CsvOptions, FilesSource
 from mocra_elt.config.secrets import resolve_secret
 from mocra_elt.errors import ConfigError, SourceError, TransientError
-from mocra_elt.extract.base import ARROW_TYPES, ExtractContext, SourceReader
+from mocra_elt.extract.base import ARROW_TYPES, ExtractContext, RejectedRecord, SourceReader
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -48,11 +48,10 @@ EXTENSIONS = {
     ".json": "jsonl",
 }
 
-# load.columns types handed to the parsers, so a declared column never depends on inference.
-# Timestamps stay with `cast_columns`, which reads values without a zone offset as UTC.
-CSV_PARSER_TYPES = ("text", "bigint", "double", "bool", "date")
-# The JSON reader rejects a number in a column declared as text, so it gets fewer types.
-JSON_PARSER_TYPES = ("bigint", "double", "bool")
+# Declared text columns go to the CSV parser, so values such as 00123 keep their zeros. Other
+# declared types are converted after parsing by `cast_rows`, which sets aside the records whose
+# value does not convert instead of failing the whole file.
+CSV_PARSER_TYPES = ("text",)
 
 
 @dataclass(frozen=True)
@@ -160,11 +159,13 @@ class FilesReader(SourceReader):
 
     def _blocks(self, handle: IO[bytes], file: SourceFile) -> Iterator[pa.Table]:
         columns = self.pipeline.load.columns
+        rejected = self.context.rejected
         if file.format == "parquet":
             return _parquet_blocks(handle)
         if file.format == "csv":
-            return _csv_blocks(handle, self.source.csv, _parser_types(columns, CSV_PARSER_TYPES))
-        return _jsonl_blocks(handle, _parser_types(columns, JSON_PARSER_TYPES))
+            types = _parser_types(columns, CSV_PARSER_TYPES)
+            return _csv_blocks(handle, self.source.csv, types, file.name, rejected)
+        return _jsonl_blocks(handle, file.name, rejected)
 
     def _check_types(self, table: pa.Table) -> None:
         file_name = self.current.name if self.current else "?"
@@ -382,41 +383,138 @@ def _parquet_blocks(handle: IO[bytes]) -> Iterator[pa.Table]:
 
 
 def _csv_blocks(
-    handle: IO[bytes], options: CsvOptions, types: dict[str, pa.DataType]
+    handle: IO[bytes],
+    options: CsvOptions,
+    types: dict[str, pa.DataType],
+    file_name: str,
+    rejected: list[RejectedRecord],
 ) -> Iterator[pa.Table]:
+    """Yield CSV blocks; rows with the wrong number of fields go to `rejected`."""
     import pyarrow.csv as pacsv
+
+    malformed: list[Any] = []
+
+    def set_aside(row: Any) -> str:
+        malformed.append(row)
+        return "skip"
 
     reader = pacsv.open_csv(
         handle,
         read_options=pacsv.ReadOptions(
-            block_size=BLOCK_SIZE, autogenerate_column_names=not options.header
+            block_size=BLOCK_SIZE,
+            autogenerate_column_names=not options.header,
+            use_threads=False,  # line numbers of malformed rows are known only without threads
         ),
-        parse_options=pacsv.ParseOptions(delimiter=options.delimiter),
+        parse_options=pacsv.ParseOptions(
+            delimiter=options.delimiter, invalid_row_handler=set_aside
+        ),
         convert_options=pacsv.ConvertOptions(
             null_values=options.null_values, strings_can_be_null=True, column_types=types
         ),
     )
     names = reader.schema.names
+    header = _csv_line(names, options.delimiter) if options.header else None
     try:
         for batch in reader:
+            rejected.extend(_malformed_records(malformed, file_name, header))
+            malformed.clear()
             yield pa.Table.from_batches([batch])
     except pa.ArrowInvalid as error:
         raise _name_csv_column(error, names) from error
+    rejected.extend(_malformed_records(malformed, file_name, header))
 
 
-def _jsonl_blocks(handle: IO[bytes], types: dict[str, pa.DataType]) -> Iterator[pa.Table]:
+def _malformed_records(rows: list[Any], file_name: str, header: str | None) -> list[RejectedRecord]:
+    return [
+        RejectedRecord(
+            source_ref=f"{file_name} line {row.number}" if row.number else file_name,
+            payload=row.text,
+            payload_format="csv",
+            header=header,
+            error=f"expected {row.expected_columns} fields, found {row.actual_columns}",
+        )
+        for row in rows
+    ]
+
+
+def _csv_line(values: list[str], delimiter: str) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=delimiter, lineterminator="").writerow(values)
+    return buffer.getvalue()
+
+
+def _jsonl_blocks(
+    handle: IO[bytes], file_name: str, rejected: list[RejectedRecord]
+) -> Iterator[pa.Table]:
+    """Yield JSON-lines blocks cut at line ends; lines that are not JSON objects are set aside.
+
+    Later blocks are parsed with the schema inferred from the first one, so a column
+    keeps its type across the file; new fields are still inferred.
+    """
+    schema: pa.Schema | None = None
+    carry = b""
+    first_line = 1
+    rejected_before = len(rejected)
+    while True:
+        chunk = handle.read(BLOCK_SIZE)
+        data = carry + chunk
+        cut = data.rfind(b"\n") + 1 if chunk else len(data)
+        block, carry = data[:cut], data[cut:]
+        if block.strip():
+            table = _parse_json_block(block, schema, first_line, file_name, rejected)
+            if table is not None:
+                schema = schema or table.schema
+                yield table
+        first_line += block.count(b"\n")
+        if not chunk:
+            break
+    if schema is None and len(rejected) > rejected_before:
+        # Not one line parsed: the file is not JSON lines, so fail it rather than dead-letter it.
+        first = rejected[rejected_before]
+        del rejected[rejected_before:]
+        raise ValueError(f"no line is a JSON object ({first.source_ref}: {first.error})")
+
+
+def _parse_json_block(
+    block: bytes,
+    schema: pa.Schema | None,
+    first_line: int,
+    file_name: str,
+    rejected: list[RejectedRecord],
+) -> pa.Table | None:
+    import io
+    import json
+
     import pyarrow.json as pajson
 
-    reader = pajson.open_json(
-        handle,
-        read_options=pajson.ReadOptions(block_size=BLOCK_SIZE),
-        parse_options=pajson.ParseOptions(
-            explicit_schema=pa.schema(list(types.items())) if types else None,
-            unexpected_field_behavior="infer",
-        ),
-    )
-    for batch in reader:
-        yield pa.Table.from_batches([batch])
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+    try:
+        return pajson.read_json(io.BytesIO(block), parse_options=options)
+    except pa.ArrowInvalid:
+        pass
+    good: list[bytes] = []
+    for number, line in enumerate(block.splitlines(), start=first_line):
+        if not line.strip():
+            continue
+        try:
+            document = json.loads(line)
+            if not isinstance(document, dict):
+                raise ValueError(f"expected a JSON object, found {type(document).__name__}")
+        except ValueError as error:
+            text = line.decode("utf-8", errors="replace")
+            rejected.append(
+                RejectedRecord(
+                    f"{file_name} line {number}", text, "jsonl", f"invalid JSON: {error}"
+                )
+            )
+            continue
+        good.append(line)
+    if not good:
+        return None
+    return pajson.read_json(io.BytesIO(b"\n".join(good)), parse_options=options)
 
 
 def _parser_types(columns: Mapping[str, str], allowed: tuple[str, ...]) -> dict[str, pa.DataType]:
@@ -491,7 +589,7 @@ def _unreadable(error: BaseException, file: SourceFile, pipeline: str) -> Source
             f"{BLOCK_SIZE >> 20} MiB of each file. Declare or correct the column's type under "
             "load.columns."
         )
-    elif "Column() changed from object to array" in detail:
+    elif "Column() changed from object to array" in detail or "found list" in detail:
         hint = "The file holds a JSON array; write one JSON object per line instead."
     kind = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON lines (one object per line)"}
     return SourceError(

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from mocra_elt.audit.store import AuditStore, new_run_id
 from mocra_elt.config.model import STAGES, Pipeline
 from mocra_elt.config.project import Project
-from mocra_elt.errors import MocraError, PipelineLockedError, StageError
+from mocra_elt.errors import ConfigError, MocraError, PipelineLockedError, StageError
 from mocra_elt.load.warehouse import Warehouse
 from mocra_elt.runtime.dag import execution_order
 from mocra_elt.runtime.logs import run_logger
@@ -97,6 +97,7 @@ class PipelineRun:
         parent_run_id: str | None = None,
         observer: RunObserver | None = None,
         lock_wait: float = 0.0,
+        start_stage: str | None = None,
     ) -> None:
         self.project = project
         self.pipeline = pipeline
@@ -106,6 +107,7 @@ class PipelineRun:
         self.parent_run_id = parent_run_id
         self.observer = observer or SilentObserver()
         self.lock_wait = lock_wait
+        self.start_stage = start_stage
         self.run_id = new_run_id()
         self.log = run_logger(__name__, self.run_id, pipeline.name)
         self.work_dir = project.run_dir(self.run_id)
@@ -133,7 +135,15 @@ class PipelineRun:
         from mocra_elt.runtime.stages import STAGE_FUNCTIONS, stage_applies
 
         failed: MocraError | None = None
-        for stage in STAGES:
+        first = STAGES.index(self.start_stage) if self.start_stage else 0
+        for position, stage in enumerate(STAGES):
+            if position < first:
+                reason = f"the replay starts at {self.start_stage}"
+                self.audit.record_stage(
+                    self.run_id, stage, status="skipped", details={"reason": reason}
+                )
+                result.stages.append(StageReport(stage, "skipped", 0, 0.0))
+                continue
             if failed is not None or not stage_applies(self.pipeline, stage):
                 reason = "an earlier stage failed" if failed else "not configured"
                 self.audit.record_stage(
@@ -204,6 +214,12 @@ class PipelineRun:
         self, stage: str, started: float, attempts: int, error: MocraError
     ) -> StageReport:
         seconds = time.monotonic() - started
+        letter = None
+        # A failed replay keeps the letters it replays open instead of adding new ones.
+        if not isinstance(error, ConfigError) and self.trigger != "replay":
+            from mocra_elt.runtime.dead_lettering import dead_letter_stage
+
+            letter = dead_letter_stage(self, stage, error, attempts)
         self.audit.record_stage(
             self.run_id,
             stage,
@@ -213,8 +229,13 @@ class PipelineRun:
             duration_s=seconds,
             error_code=error.error_code,
             error=str(error),
+            details={"dead_letter": letter} if letter else None,
         )
-        self.log.error("stage %s failed with %s: %s", stage, error.error_code, error)
+        self.log.error(
+            "stage %s failed with %s after %d attempts: %s%s",
+            stage, error.error_code, attempts, error,
+            f" (dead letter {letter})" if letter else "",
+        )  # fmt: skip
         report = StageReport(stage, "failed", attempts, seconds, error=str(error))
         self.observer.stage_finished(self.pipeline.name, report)
         return report

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mocra_elt.config.model import Pipeline
-from mocra_elt.errors import ConfigError
 
 if TYPE_CHECKING:
     from mocra_elt.runtime.runner import PipelineRun, StageOutcome
@@ -26,6 +25,7 @@ def extract(run: PipelineRun) -> StageOutcome:
     """Read the source past the committed watermarks into a fresh dlt load package."""
     from mocra_elt.extract.base import ExtractContext, build_reader
     from mocra_elt.load.dlt_load import DltLoader
+    from mocra_elt.runtime.dead_lettering import dead_letter_records, note_replay_rejections
     from mocra_elt.runtime.runner import StageOutcome
 
     discard_loader(run)  # a retried extract starts from an empty package
@@ -42,7 +42,13 @@ def extract(run: PipelineRun) -> StageOutcome:
     loader = DltLoader(run.pipeline, run.warehouse, run.work_dir / "dlt")
     run.state["loader"] = loader
     run.state["reader"] = reader
+    run.state["watermarks_before"] = {name: str(mark.value) for name, mark in watermarks.items()}
     rows = loader.extract(reader.batches())
+    context.stats["rejected_records"] = len(context.rejected)
+    if "replay_files" in run.state:
+        note_replay_rejections(run, context.rejected)
+    else:
+        context.stats["dead_letters_new"] = dead_letter_records(run, context.rejected)
     return StageOutcome(
         rows_in=reader.rows_read,
         rows_out=rows,
@@ -81,6 +87,7 @@ def load(run: PipelineRun) -> StageOutcome:
         load_id=result.load_id,
         rows_loaded=result.rows,
         watermarks=watermarks,
+        on_commit=run.state.get("on_load_commit"),
     )
     return StageOutcome(
         rows_in=loader.extracted_rows,
@@ -96,10 +103,13 @@ def load(run: PipelineRun) -> StageOutcome:
 
 
 def transform(run: PipelineRun) -> StageOutcome:
+    """Check source contracts on the raw tables, then build the pipeline's dbt selection."""
+    from mocra_elt.quality.gates import run_source_contracts
     from mocra_elt.runtime.runner import StageOutcome
     from mocra_elt.transform.dbt import run_build
 
     assert run.pipeline.transform is not None
+    run_source_contracts(run)
     result = run_build(run.project, run.pipeline.transform, run.run_id, run.pipeline.name)
     models = [
         node for node in result.nodes if node["resource_type"] in ("model", "seed", "snapshot")
@@ -112,20 +122,23 @@ def transform(run: PipelineRun) -> StageOutcome:
 
 
 def quality(run: PipelineRun) -> StageOutcome:
-    raise ConfigError(
-        f"pipeline {run.pipeline.name!r} defines quality gates, which this version cannot run yet.",
-        pipeline=run.pipeline.name,
-        field="quality",
-    )
+    """Check the pipeline's suites; block, warn or quarantine on failures (see quality.gates)."""
+    from mocra_elt.quality.gates import run_quality_stage
+
+    return run_quality_stage(run)
 
 
 def publish(run: PipelineRun) -> StageOutcome:
-    kinds = ", ".join(sorted({sink.type for sink in run.pipeline.sinks}))
-    raise ConfigError(
-        f"pipeline {run.pipeline.name!r} defines sinks ({kinds}), which this version cannot "
-        "publish to yet.",
-        pipeline=run.pipeline.name,
-        field="sinks",
+    """Publish the pipeline's models to each sink, in the order the definition lists them."""
+    from mocra_elt.publish import PublishContext, publish_sinks
+    from mocra_elt.runtime.runner import StageOutcome
+
+    context = PublishContext(run.run_id, run.pipeline, run.project, run.warehouse, run.log)
+    results = publish_sinks(context)
+    return StageOutcome(
+        rows_in=sum(result.rows_read for result in results),
+        rows_out=sum(result.rows_written for result in results),
+        details={"sinks": {result.sink: result.details for result in results}},
     )
 
 

@@ -105,7 +105,9 @@ def run_build(project: Project, transform: Transform, run_id: str, pipeline: str
 
 def check_selection(project: Project, transform: Transform, pipeline: str, path: Any) -> int:
     """Return how many nodes the selection matches; raises ConfigError when none."""
-    args = dbt_args(project, "ls", "--select", *transform.select, "--output", "name", "--quiet")
+    # The later --log-level wins over dbt_args' one; "none" keeps ls from printing every node.
+    args = dbt_args(project, "ls", "--select", *transform.select, "--output", "name")
+    args += ["--log-level", "none"]
     if transform.exclude:
         args += ["--exclude", *transform.exclude]
     outcome = invoke(project, args)

@@ -22,7 +22,7 @@ PIPELINE = """\
     source:
       type: files
       url: data
-      glob: "*.csv"
+      glob: "*.{csv,parquet}"
     load:
       table: events
       write_disposition: merge
@@ -56,7 +56,7 @@ def history(project_dir: Path) -> Path:
     run_once(project_dir)
     data.joinpath("b.csv").write_text("id,happened_at\n3,2024-01-03T00:00:00Z\n")
     run_once(project_dir)
-    data.joinpath("c.csv").write_text('id,happened_at\n4,"unterminated\n')
+    data.joinpath("c.parquet").write_bytes(b"PAR1 not a parquet file")
     run_once(project_dir)
     return project_dir
 
