@@ -1,4 +1,4 @@
-"""The reference project end to end, as a user runs it: `mocra-elt demo run` in a copy of the repo."""
+"""The reference project end to end, run as a user does: `mocra-elt demo run` in a copy."""
 
 from __future__ import annotations
 

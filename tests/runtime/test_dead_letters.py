@@ -195,9 +195,10 @@ def test_failed_batch_dead_lettered_and_replayed(project_dir: Path) -> None:
     assert query(project_dir, "select count(*) from raw_events.events") == [(1,)]
     [after] = letters(project_dir)
     assert after["status"] == "replayed"
+    replay_run = after["replay_run_id"]
     parent = query(
         project_dir,
-        f"select parent_run_id, trigger from mocra_audit.runs where run_id = '{after['replay_run_id']}'",
+        f"select parent_run_id, trigger from mocra_audit.runs where run_id = '{replay_run}'",
     )
     assert parent == [(letter["run_id"], "replay")]
 
