@@ -1,9 +1,10 @@
 """Per-pipeline and per-stage metrics computed from the audit tables.
 
-Success rate, latency (p50 and p95 of run or stage duration), throughput (rows/s
-and bytes/s over succeeded stages), retries (attempts beyond the first, plus
-HTTP request retries the extract stage recorded), dead letters, and watermark
-lag (now minus the newest timestamp watermark).
+- success rate: succeeded runs divided by finished runs;
+- latency: p50 and p95 of run or stage duration;
+- throughput: rows/s and bytes/s over the time of succeeded stages;
+- retries: attempts beyond the first, plus HTTP request retries of the extract stage;
+- dead letters, and watermark lag: now minus the newest timestamp watermark.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def compute_metrics(
         marks = _rows(connection, f"select * from {SCHEMA}.watermarks")
         letters = _dead_letters(connection)
 
-    runs = [r for r in runs if _wanted(r, since, pipeline)]
+    runs = [r for r in runs if _selected(r, since, pipeline)]
     run_pipeline = {run["run_id"]: run["pipeline"] for run in runs}
     by_pipeline = _pipeline_metrics(runs, letters)
     by_stage = _stage_metrics(stages, run_pipeline, letters)
@@ -195,7 +196,7 @@ def _rows(connection: Any, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _wanted(run: dict[str, Any], since: datetime | None, pipeline: str | None) -> bool:
+def _selected(run: dict[str, Any], since: datetime | None, pipeline: str | None) -> bool:
     if pipeline is not None and run["pipeline"] != pipeline:
         return False
     return since is None or run["started_at"] >= since

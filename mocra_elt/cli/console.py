@@ -1,4 +1,4 @@
-"""What a person reads: progress while pipelines run and summary tables after."""
+"""Console output for people: progress while pipelines run and summary tables after."""
 
 from __future__ import annotations
 

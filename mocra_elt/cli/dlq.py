@@ -19,7 +19,7 @@ SHOWN_FIELDS = (
 
 @click.group()
 def dlq() -> None:
-    """The dead-letter queue: records and batches that failed, with their payloads."""
+    """Inspect, replay and discard dead letters: failed records and batches with their payloads."""
 
 
 @dlq.command("list")

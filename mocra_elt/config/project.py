@@ -1,4 +1,4 @@
-"""Where a mocra-elt project keeps its files, and which warehouse it writes to."""
+"""Project layout: the folders of a mocra-elt project and the warehouse it writes to."""
 
 from __future__ import annotations
 
@@ -70,11 +70,11 @@ def _find_root(start: Path | None) -> Path:
         return root
     if env_root := os.environ.get("MOCRA_PROJECT_DIR"):
         return _find_root(Path(env_root))
-    here = Path.cwd().resolve()
-    for candidate in (here, *here.parents):
+    current = Path.cwd().resolve()
+    for candidate in (current, *current.parents):
         if (candidate / "sources").is_dir() and (candidate / "dbt_project").is_dir():
             return candidate
     raise ConfigError(
-        f"No mocra-elt project found in {here} or its parents (a folder with sources/ and "
+        f"No mocra-elt project found in {current} or its parents (a folder with sources/ and "
         "dbt_project/). Pass --project-dir, or create one with 'mocra-elt init DIR'."
     )

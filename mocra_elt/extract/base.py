@@ -53,7 +53,7 @@ class RejectedRecord:
 
 @dataclass
 class ExtractContext:
-    """What a source needs from the run: ids, committed watermarks and a scratch folder."""
+    """Run state a source reads and fills: ids, committed watermarks, stats, rejected records."""
 
     run_id: str
     pipeline: Pipeline

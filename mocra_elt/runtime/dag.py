@@ -34,5 +34,5 @@ def execution_order(pipelines: dict[str, Pipeline], selected: list[str] | None =
         ready = sorted(sorter.get_ready())
         ordered.extend(ready)
         sorter.done(*ready)
-    wanted = set(names)
-    return [name for name in ordered if name in wanted]
+    selected_names = set(names)
+    return [name for name in ordered if name in selected_names]

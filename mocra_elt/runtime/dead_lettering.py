@@ -88,10 +88,10 @@ def _record_key(run: PipelineRun, record: RejectedRecord) -> str | None:
 def dead_letter_stage(run: PipelineRun, stage: str, error: MocraError, attempts: int) -> str:
     """Record the failed batch of a stage; return the letter id.
 
-    The payload describes what the stage was working on: the source and the
-    watermarks it started from (extract and load re-read the source from there),
-    the dlt working folder that is kept after a failure, or the tables the later
-    stages read. The data itself stays where the description points.
+    The payload describes what the stage was working on, and the data stays
+    where the description points. Extract and load re-read the source from the
+    recorded watermarks. The dlt working folder is kept after a failure. Later
+    stages read the tables already loaded.
     """
     store = store_for(run)
     document: dict[str, Any] = {

@@ -3,8 +3,8 @@
 Record letters (from the extract stage) are written back out as one small file
 per letter and loaded by a run whose source is that folder, with the pipeline's
 load, transform, quality and publish settings. The letters are marked replayed
-in the transaction that commits the load, so a replay loads each record once;
-a record that fails again keeps its letter open with one more attempt.
+in the transaction that commits the load, so a replay loads each record once.
+A record that fails again keeps its letter open with one more attempt.
 
 Batch letters are replayed by a new run of the pipeline that starts at the
 failed stage: extract and load re-read the source from the committed

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StageOutcome:
-    """What a stage reports back; the runner writes it to the stage-run row."""
+    """Counts and ids a stage returns; the runner writes them to the stage-run row."""
 
     status: str = "succeeded"
     rows_in: int | None = None
