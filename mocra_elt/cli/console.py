@@ -72,3 +72,20 @@ def summary_table(results: list[RunResult]) -> Table:
 def _short(text: str, width: int = 90) -> str:
     first = text.splitlines()[0] if text else ""
     return first if len(first) <= width else first[: width - 3] + "..."
+
+
+def single_match(
+    matches: list[dict[str, Any]], prefix: str, key: str, noun: str, list_command: str
+) -> dict[str, Any]:
+    """Return the one row whose `key` starts with `prefix`, or raise naming what to do."""
+    from mocra_elt.errors import ConfigError
+
+    if not matches:
+        raise ConfigError(
+            f"{noun} {prefix!r} not found. List them with '{list_command}'.",
+            error_code="CONFIG_NOT_FOUND",
+        )
+    if len(matches) > 1:
+        shown = ", ".join(row[key] for row in matches[:5])
+        raise ConfigError(f"{noun} prefix {prefix!r} is ambiguous: {shown}. Give more characters.")
+    return dict(matches[0])

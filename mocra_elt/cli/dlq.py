@@ -188,16 +188,9 @@ def _store(settings: Settings) -> Any:
 
 
 def _find(store: Any, prefix: str) -> dict[str, Any]:
-    matches = store.find(prefix)
-    if not matches:
-        raise ConfigError(
-            f"dead letter {prefix!r} not found. List letters with 'mocra-elt dlq list'.",
-            error_code="CONFIG_NOT_FOUND",
-        )
-    if len(matches) > 1:
-        shown = ", ".join(letter["id"] for letter in matches[:5])
-        raise ConfigError(f"dead letter prefix {prefix!r} is ambiguous: {shown}.")
-    return dict(matches[0])
+    from mocra_elt.cli.console import single_match
+
+    return single_match(store.find(prefix), prefix, "id", "dead letter", "mocra-elt dlq list")
 
 
 def _first_line(text: str, width: int = 80) -> str:

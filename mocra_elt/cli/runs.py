@@ -213,16 +213,9 @@ def _audit(settings: Settings) -> Any:
 
 
 def _find_run(audit: Any, run_id: str) -> dict[str, Any]:
-    matches = audit.find_runs(run_id)
-    if not matches:
-        raise ConfigError(
-            f"run {run_id!r} not found. List runs with 'mocra-elt runs list'.",
-            error_code="CONFIG_NOT_FOUND",
-        )
-    if len(matches) > 1:
-        shown = ", ".join(row["run_id"] for row in matches[:5])
-        raise ConfigError(f"run id prefix {run_id!r} is ambiguous: {shown}. Give more characters.")
-    return dict(matches[0])
+    from mocra_elt.cli.console import single_match
+
+    return single_match(audit.find_runs(run_id), run_id, "run_id", "run", "mocra-elt runs list")
 
 
 def _number(value: Any) -> str:
