@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep each test's project settings from leaking into the next test."""
     for key in list(os.environ):
-        if key.startswith("MOCRA_") or key == "DLT_DATA_DIR":
+        if key.startswith("MOCRA_") or key in ("DLT_DATA_DIR", "DLT_PROJECT_DIR"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from mocra_elt.config.project import Project
 
@@ -25,3 +26,17 @@ def configure_environment(project: Project) -> None:
     # dbt's profiles.yml reads the warehouse path from this variable.
     os.environ["MOCRA_WAREHOUSE"] = str(project.warehouse_path)
     os.environ["DLT_DATA_DIR"] = str(project.data_dir / "dlt")
+    # dlt reads `${secret:...}` references from <project>/.dlt/secrets.toml whatever the cwd.
+    if os.environ.get("DLT_PROJECT_DIR") != str(project.root):
+        os.environ["DLT_PROJECT_DIR"] = str(project.root)
+        _reload_dlt_settings(project)
+
+
+def _reload_dlt_settings(project: Project) -> None:
+    """Point an already imported dlt at the project's .dlt folder; it caches the first one."""
+    if "dlt" not in sys.modules:
+        return
+    from dlt.common.configuration.container import Container
+    from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+
+    Container()[PluggableRunContext].reload(str(project.root))
