@@ -15,6 +15,15 @@ def check_runnable(project: Project, pipeline: Pipeline) -> None:
     from mocra_elt.quality.suites import check_pipeline_suites
 
     check_pipeline_suites(project, pipeline)
+    if pipeline.quality is not None and project.target != "duckdb":
+        # TODO(postgres): quality gates find failing rows by DuckDB's rowid; use ctid on pg.
+        raise ConfigError(
+            f"pipeline {pipeline.name!r} has quality gates, which run on the duckdb target only "
+            f"in this version (target: {project.target}). Run it with --target duckdb, or remove "
+            "its quality section for this target.",
+            pipeline=pipeline.name,
+            field="quality",
+        )
     for index, sink in enumerate(pipeline.sinks):
         if sink.type not in SUPPORTED_SINKS:
             allowed = ", ".join(SUPPORTED_SINKS) or "none yet"

@@ -109,3 +109,21 @@ def test_runs_show_unknown_run_exit_2(project_dir: Path) -> None:
 
     assert result.exit_code == 2
     assert "run 'nope' not found" in result.output
+
+
+def test_quality_on_pg_target_rejected(project_dir: Path) -> None:
+    (project_dir / "expectations").mkdir()
+    (project_dir / "expectations" / "orders.yml").write_text(
+        "table: raw_orders.orders\nrules:\n  - not_null: id\n"
+    )
+    write_pipeline(
+        project_dir,
+        "orders",
+        "source: {type: files, url: data}\nload: {table: orders}\nquality: {suites: [orders]}\n",
+    )
+    result = CliRunner().invoke(
+        cli, ["--project-dir", str(project_dir), "--target", "pg", "validate", "--skip-dbt"]
+    )
+
+    assert result.exit_code == 2
+    assert "run on the duckdb target only" in result.output
