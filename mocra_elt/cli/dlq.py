@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mocra_elt.cli.main import Settings, handle_errors
+from mocra_elt.cli.common import Settings, handle_errors
 from mocra_elt.errors import ConfigError, RunFailed
 
 PREVIEW_LINES = 40

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mocra_elt.cli.main import handle_errors
+from mocra_elt.cli.common import handle_errors
 from mocra_elt.errors import ConfigError
 
 SCAFFOLD = Path(__file__).resolve().parents[1] / "scaffold"

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from mocra_elt.cli.main import Settings, handle_errors
+from mocra_elt.cli.common import Settings, handle_errors
 
 FORMATS = ("text", "json", "mermaid", "dot")
 
@@ -135,3 +135,34 @@ def impact(settings: Settings, column: str, output_format: str, refresh: bool) -
     else:
         rendered = text_impact(graph, result)
     click.echo(rendered)
+
+
+@lineage.command("run")
+@click.argument("run_id")
+@click.option("--columns", is_flag=True, help="Show the column lineage rows too.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="Output format: text for reading, json for tools.",
+)
+@click.pass_obj
+@handle_errors
+def run_lineage(settings: Settings, run_id: str, columns: bool, output_format: str) -> None:
+    """Show the lineage a run stored: its inputs, outputs, edges and columns.
+
+    RUN_ID is a run id from 'mocra-elt runs list', or a unique start of one.
+    """
+    import json
+
+    from mocra_elt.lineage.render import text_run
+    from mocra_elt.lineage.runs import find_run_lineage
+    from mocra_elt.load.warehouse import open_warehouse
+
+    rows = find_run_lineage(open_warehouse(settings.project()), run_id)
+    if output_format == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        click.echo(text_run(rows, columns))

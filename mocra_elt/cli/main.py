@@ -7,57 +7,14 @@ commands that need them, so `mocra-elt --help` starts fast.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from mocra_elt import __version__
-from mocra_elt.errors import ConfigError, MocraError, RunFailed
+from mocra_elt.cli.common import EXIT_FAILED, EXIT_USAGE, Settings, handle_errors
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class Settings:
-    """Options shared by every command."""
-
-    def __init__(self, project_dir: Path | None, target: str | None, debug: bool) -> None:
-        self.project_dir = project_dir
-        self.target = target
-        self.debug = debug
-
-    def project(self) -> Any:
-        from mocra_elt.config.project import Project
-        from mocra_elt.runtime.environment import configure_environment
-
-        project = Project.discover(self.project_dir, self.target)
-        configure_environment(project)
-        return project
-
-
-def handle_errors(command: F) -> F:
-    """Turn mocra-elt errors into `Error: ...` and an exit code; `--debug` shows tracebacks."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        settings = click.get_current_context().find_object(Settings)
-        try:
-            return command(*args, **kwargs)
-        except (ConfigError, RunFailed, MocraError) as error:
-            if settings is not None and settings.debug:
-                raise
-            code = EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILED
-            if not isinstance(error, RunFailed):
-                click.echo(f"Error: {error}", err=True)
-            sys.exit(code)
-
-    return wrapper  # type: ignore[return-value]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Settings", "cli", "handle_errors", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,7 +64,17 @@ def cli(
 
 
 def register_commands() -> None:
-    from mocra_elt.cli import demo, demo_run, dlq, init, metrics, quality, run_validate, runs
+    from mocra_elt.cli import (
+        demo,
+        demo_run,
+        dlq,
+        init,
+        lineage,
+        metrics,
+        quality,
+        run_validate,
+        runs,
+    )
 
     demo.demo.add_command(demo_run.run_reference)
 
@@ -118,6 +85,7 @@ def register_commands() -> None:
     cli.add_command(metrics.metrics)
     cli.add_command(dlq.dlq)
     cli.add_command(quality.quality)
+    cli.add_command(lineage.lineage)
     cli.add_command(demo.demo)
 
 

@@ -123,6 +123,7 @@ class PipelineRun:
         )
         self.observer.run_started(self.pipeline.name, self.run_id)
         self.log.info("run started (trigger %s)", self.trigger)
+        self._emit_lineage_event("START")
         try:
             with run_locks(self.project, self.pipeline, self.run_id, self.lock_wait):
                 self._run_stages(result)
@@ -154,6 +155,8 @@ class PipelineRun:
             report, error = self._run_stage(stage, STAGE_FUNCTIONS[stage])
             result.stages.append(report)
             failed = error
+            if failed is None and stage == ("transform" if self.pipeline.transform else "load"):
+                self._record_lineage()
 
         self._finish(result, failed)
 
@@ -240,6 +243,25 @@ class PipelineRun:
         self.observer.stage_finished(self.pipeline.name, report)
         return report
 
+    def _record_lineage(self) -> None:
+        """Store the lineage this run used; a failure here is logged and never fails the run."""
+        from mocra_elt.lineage.runs import record_run_lineage
+
+        try:
+            self.state["lineage"] = record_run_lineage(
+                self.project, self.warehouse, self.run_id, self.pipeline
+            )
+        except MocraError as error:
+            self.log.warning("lineage of this run was not recorded: %s", error)
+
+    def _emit_lineage_event(self, event_type: str, error: MocraError | None = None) -> None:
+        """Send an OpenLineage event; emit_run_event logs its own failures and returns None."""
+        from mocra_elt.lineage.openlineage import emit_run_event
+
+        emit_run_event(
+            self.project, self.pipeline, self.run_id, event_type, error, warehouse=self.warehouse
+        )
+
     def _finish(self, result: RunResult, failed: MocraError | None) -> None:
         from mocra_elt.runtime.stages import cleanup
 
@@ -254,6 +276,7 @@ class PipelineRun:
             result.error_code = failed.error_code
             self.audit.end_run(self.run_id, "failed", failed.error_code, str(failed))
             self.log.error("run failed with %s", failed.error_code)
+        self._emit_lineage_event("COMPLETE" if failed is None else "FAIL", failed)
         self.observer.run_finished(result)
 
 

@@ -158,7 +158,8 @@ def test_dot_columns_use_ports(project: Project) -> None:
 
     assert result.exit_code == 0, result.output
     assert 'port="c0"' in result.output
-    assert ":e -> " in result.output and ':w [label="identity"]' in result.output
+    assert ":e -> " in result.output
+    assert ':w [label="identity"]' in result.output
 
 
 def test_impact_text(project: Project) -> None:

@@ -13,8 +13,11 @@ from typing import Any
 import duckdb
 import jsonschema
 import pytest
+from click.testing import CliRunner, Result
 from lineage_helpers import project_environment, shop_project
 
+from mocra_elt.cli.lineage import lineage
+from mocra_elt.cli.main import cli
 from mocra_elt.config.loader import load_pipelines
 from mocra_elt.config.model import Pipeline
 from mocra_elt.config.project import Project
@@ -203,7 +206,9 @@ def test_events_carry_inputs_outputs_and_facets(
 ) -> None:
     monkeypatch.setenv("MOCRA_OPENLINEAGE_FILE", str(tmp_path / "events.jsonl"))
     start, complete, fail = emit_all(recorded)
-    assert start is not None and complete is not None and fail is not None
+    assert start is not None
+    assert complete is not None
+    assert fail is not None
     warehouse = f"duckdb://{recorded['project'].warehouse_path}"
     outputs = {(d["namespace"], d["name"]): d for d in complete["outputs"]}
 
@@ -313,3 +318,55 @@ def test_unreachable_endpoint_only_warns(
 
 def test_read_run_lineage_of_unknown_run(recorded: dict[str, Any]) -> None:
     assert read_run_lineage(recorded["warehouse"], "no-such-run") == []
+
+
+def test_invalid_timeout_only_warns(
+    recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MOCRA_OPENLINEAGE_TIMEOUT", "soon")
+
+    with caplog.at_level(logging.WARNING, logger="mocra_elt.lineage.openlineage"):
+        event = emit_run_event(recorded["project"], recorded["pipeline"], RUN_ID, "START")
+
+    assert event is None
+    assert "MOCRA_OPENLINEAGE_TIMEOUT must be a number of seconds" in caplog.text
+
+
+def run_command(recorded: dict[str, Any], *arguments: str) -> Result:
+    cli.add_command(lineage)
+    project: Project = recorded["project"]
+    return CliRunner().invoke(
+        cli,
+        ["--project-dir", str(project.root), "lineage", "run", *arguments],
+        env={"MOCRA_DATA_DIR": str(project.data_dir)},
+    )
+
+
+def test_run_command_shows_stored_lineage(recorded: dict[str, Any]) -> None:
+    result = run_command(recorded, RUN_ID[:12], "--columns")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"run {RUN_ID} (pipeline orders)")
+    assert "inputs\n  files:data/*.csv\n" in result.output
+    assert "  files:data/*.csv -> raw_shop.orders (extract)" in result.output
+    assert (
+        "  model.customer_orders.full_name <- model.stg_customers.full_name (identity)"
+        in result.output
+    )
+    assert "  model.customer_orders.order_count counts rows of model.stg_orders" in result.output
+
+
+def test_run_command_json(recorded: dict[str, Any]) -> None:
+    result = run_command(recorded, RUN_ID, "--format", "json")
+    rows = json.loads(result.output)
+
+    assert result.exit_code == 0
+    assert {row["run_id"] for row in rows} == {RUN_ID}
+    assert {row["kind"] for row in rows} == {"node", "edge", "schema", "column"}
+
+
+def test_run_command_unknown_run(recorded: dict[str, Any]) -> None:
+    result = run_command(recorded, "19990101")
+
+    assert result.exit_code == 2
+    assert "no stored lineage for run '19990101'" in result.output
