@@ -28,6 +28,7 @@ ERROR_CODES: dict[str, str] = {
     "QUALITY_BLOCKED": "A quality gate with the block policy failed.",
     "SINK_FAILED": "Publishing to a sink failed.",
     "SINK_CONSTRAINT_VIOLATION": "The sink rejected rows (key or constraint violation).",
+    "RUN_ABANDONED": "The process running the run ended before it finished, e.g. killed.",
     "UPSTREAM_FAILED": "A pipeline this one depends on failed in the same invocation.",
     "INTERNAL": "An unexpected error; the message and traceback tell more.",
 }

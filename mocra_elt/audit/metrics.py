@@ -94,7 +94,7 @@ def _pipeline_metrics(
         entry = metrics.setdefault(run["pipeline"], Metrics(run["pipeline"], None))
         entry.runs += 1
         entry.succeeded += run["status"] == "succeeded"
-        entry.failed += run["status"] == "failed"
+        entry.failed += run["status"] in ("failed", "abandoned")
         if run["ended_at"] is not None:
             entry.durations.append((run["ended_at"] - run["started_at"]).total_seconds())
     for entry in metrics.values():

@@ -143,6 +143,35 @@ class AuditStore:
                 [status, utcnow(), error_code, error, run_id],
             )
 
+    def abandon_stale_runs(self, pipeline: str, current_run_id: str) -> int:
+        """Mark runs of the pipeline still 'running' as abandoned; return how many.
+
+        Call it only while holding the pipeline's run lock: no other live process can
+        then be running the pipeline, so such runs belong to a process that died.
+        """
+        message = (
+            "the process running it ended before the run finished (for example it was "
+            "killed); a later run of the pipeline found it"
+        )
+        with self.warehouse.connect() as connection:
+            stale = connection.execute(
+                f"select run_id from {SCHEMA}.runs where pipeline = ? and status = 'running' "
+                "and run_id <> ?",
+                [pipeline, current_run_id],
+            ).fetchall()
+            for (run_id,) in stale:
+                connection.execute(
+                    f"update {SCHEMA}.runs set status = 'abandoned', ended_at = ?, "
+                    "error_code = 'RUN_ABANDONED', error = ? where run_id = ?",
+                    [utcnow(), message, run_id],
+                )
+                connection.execute(
+                    f"update {SCHEMA}.stage_runs set status = 'abandoned' "
+                    "where run_id = ? and status = 'running'",
+                    [run_id],
+                )
+        return len(stale)
+
     def record_stage(self, run_id: str, stage: str, **values: Any) -> None:
         """Insert or update the stage-run row of (run_id, stage) with the given columns."""
         if "details" in values and not isinstance(values["details"], str | None):

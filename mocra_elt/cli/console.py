@@ -14,7 +14,13 @@ from mocra_elt.runtime.runner import RunResult, StageReport
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 status_console = Console(stderr=True, highlight=False)
 
-STATUS_STYLE = {"succeeded": "green", "failed": "red", "skipped": "dim", "running": "yellow"}
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "abandoned": "red",
+    "skipped": "dim",
+    "running": "yellow",
+}
 
 
 class ConsoleObserver:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from mocra_elt.load.postgres import PgConnectionInfo
 
 log = logging.getLogger(__name__)
+
+# How long a connection waits for another process to release the DuckDB file.
+LOCK_RETRY_SECONDS = 10.0
 
 # dlt's postgres credentials require a password, even when the server trusts the
 # client and ignores it. dlt gets this one when MOCRA_PG_PASSWORD and PGPASSWORD are empty.
@@ -58,20 +62,28 @@ class DuckDBWarehouse:
     def connect(self) -> Iterator[Any]:
         """Open a connection for one unit of work.
 
-        DuckDB lets one process at a time open a file for writing.
+        DuckDB lets one process at a time open a file. Another process's connection
+        is usually short (`runs list`, an audit write), so a conflict is retried for
+        up to LOCK_RETRY_SECONDS before WarehouseLockedError is raised.
         """
         import duckdb
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            connection = duckdb.connect(str(self.path))
-        except duckdb.IOException as error:
-            if "lock" in str(error).lower():
+        deadline = time.monotonic() + LOCK_RETRY_SECONDS
+        while True:
+            try:
+                connection = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower():
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
                 raise WarehouseLockedError(
                     f"The warehouse {self.path} is locked by another process ({error}). Wait for "
                     "it to finish, or stop it, then run again."
                 ) from error
-            raise
         try:
             yield connection
         finally:

@@ -23,8 +23,6 @@ DEFAULTS = {
 def configure_environment(project: Project) -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
-    # dbt's profiles.yml reads the warehouse path from this variable.
-    os.environ["MOCRA_WAREHOUSE"] = str(project.warehouse_path)
     os.environ["DLT_DATA_DIR"] = str(project.data_dir / "dlt")
     # dlt reads `${secret:...}` references from <project>/.dlt/secrets.toml whatever the cwd.
     if os.environ.get("DLT_PROJECT_DIR") != str(project.root):

@@ -41,10 +41,28 @@ def run_locks(project: Project, pipeline: Pipeline, run_id: str, wait: float) ->
 
 
 @contextmanager
-def _file_lock(path: Path, pipeline: str, run_id: str, wait: float) -> Iterator[None]:
+def warehouse_lock(project: Project, holder: str, wait: float) -> Iterator[None]:
+    """Hold the DuckDB warehouse for a whole command; no-op for server warehouses.
+
+    DuckDB lets one process at a time open the file for writing, so two commands
+    that write interleave their short connections and fail each other halfway.
+    """
+    if project.target != "duckdb":
+        yield
+        return
+    folder = project.data_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with _file_lock(folder / "warehouse.lock", "", holder, wait, subject="the DuckDB warehouse"):
+        yield
+
+
+@contextmanager
+def _file_lock(
+    path: Path, pipeline: str, run_id: str, wait: float, subject: str = ""
+) -> Iterator[None]:
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
     try:
-        _acquire(handle, path, pipeline, wait)
+        _acquire(handle, path, pipeline, wait, subject)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()} {run_id}\n")
@@ -54,7 +72,7 @@ def _file_lock(path: Path, pipeline: str, run_id: str, wait: float) -> Iterator[
         handle.close()
 
 
-def _acquire(handle: IO[str], path: Path, pipeline: str, wait: float) -> None:
+def _acquire(handle: IO[str], path: Path, pipeline: str, wait: float, subject: str) -> None:
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -62,18 +80,19 @@ def _acquire(handle: IO[str], path: Path, pipeline: str, wait: float) -> None:
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
+                who = f"pipeline {pipeline!r}" if pipeline else "this command"
                 raise PipelineLockedError(
-                    f"pipeline {pipeline!r} cannot start: {path.stem} is held by "
-                    f"{_holder(path)}. Wait for that run to finish, or pass --wait SECONDS "
-                    "to wait for it.",
-                    pipeline=pipeline,
+                    f"{who} cannot start: {subject or path.stem} is held by {_holder(path)}. "
+                    "Wait for it to finish, or pass --wait SECONDS to wait for it.",
+                    pipeline=pipeline or None,
                 ) from None
             time.sleep(POLL_SECONDS)
 
 
 def _holder(path: Path) -> str:
     try:
-        pid, run_id = path.read_text(encoding="utf-8").split()
+        pid, holder = path.read_text(encoding="utf-8").split(maxsplit=1)
     except (OSError, ValueError):
         return "another run"
-    return f"run {run_id} (process {pid})"
+    holder = holder.strip()
+    return f"{holder} (process {pid})" if " " in holder else f"run {holder} (process {pid})"

@@ -45,6 +45,19 @@ def replay_letters(
     observer: RunObserver | None = None,
 ) -> list[ReplayResult]:
     """Replay open letters, one run per pipeline and kind (records, or a batch's stage)."""
+    from mocra_elt.runtime.locks import warehouse_lock
+
+    with warehouse_lock(project, "mocra-elt dlq replay", 0.0):
+        return _replay_groups(project, pipelines, warehouse, letters, observer)
+
+
+def _replay_groups(
+    project: Project,
+    pipelines: dict[str, Pipeline],
+    warehouse: Warehouse,
+    letters: list[dict[str, Any]],
+    observer: RunObserver | None,
+) -> list[ReplayResult]:
     store = DeadLetterStore(warehouse, project.data_dir)
     audit = AuditStore(warehouse)
     audit.ensure_schema()

@@ -126,6 +126,11 @@ class PipelineRun:
         self._emit_lineage_event("START")
         try:
             with run_locks(self.project, self.pipeline, self.run_id, self.lock_wait):
+                abandoned = self.audit.abandon_stale_runs(self.pipeline.name, self.run_id)
+                if abandoned:
+                    self.log.warning(
+                        "marked %d earlier runs abandoned: their process ended mid-run", abandoned
+                    )
                 self._run_stages(result)
         except PipelineLockedError as error:
             self.log.error("run not started: %s", error)
@@ -155,7 +160,7 @@ class PipelineRun:
             report, error = self._run_stage(stage, STAGE_FUNCTIONS[stage])
             result.stages.append(report)
             failed = error
-            if failed is None and stage == ("transform" if self.pipeline.transform else "load"):
+            if failed is None and stage == "transform":
                 self._record_lineage()
 
         self._finish(result, failed)
@@ -244,7 +249,12 @@ class PipelineRun:
         return report
 
     def _record_lineage(self) -> None:
-        """Store the lineage this run used; a failure here is logged and never fails the run."""
+        """Store the lineage this run used; a failure here is logged and never fails the run.
+
+        Only runs with a transform stage record lineage, because it reads dbt's manifest
+        and parsing the project would add seconds to every load-only run.
+        """
+        # NOTE: so OpenLineage events of load-only runs name no input or output datasets.
         from mocra_elt.lineage.runs import record_run_lineage
 
         try:
@@ -293,13 +303,31 @@ def run_pipelines(
     """Run the selected pipelines in dependency order.
 
     A pipeline whose upstream failed in this invocation is recorded as failed
-    with `UPSTREAM_FAILED` and not run.
+    with `UPSTREAM_FAILED` and not run. On DuckDB the whole invocation holds the
+    warehouse lock, waiting up to `lock_wait` seconds for it.
     """
+    from mocra_elt.runtime.locks import warehouse_lock
+
+    order = execution_order(pipelines, selected)
+    holder = f"mocra-elt {trigger} run of {', '.join(order)}"
+    with warehouse_lock(project, holder, lock_wait):
+        return _run_in_order(project, pipelines, warehouse, order, trigger, observer, lock_wait)
+
+
+def _run_in_order(
+    project: Project,
+    pipelines: dict[str, Pipeline],
+    warehouse: Warehouse,
+    order: list[str],
+    trigger: str,
+    observer: RunObserver | None,
+    lock_wait: float,
+) -> list[RunResult]:
     audit = AuditStore(warehouse)
     audit.ensure_schema()
     results: list[RunResult] = []
     failed_names: set[str] = set()
-    for name in execution_order(pipelines, selected):
+    for name in order:
         pipeline = pipelines[name]
         blocked_by = [upstream for upstream in pipeline.depends_on if upstream in failed_names]
         if blocked_by:

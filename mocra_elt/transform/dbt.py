@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +54,31 @@ def invoke(project: Project, args: list[str]) -> Any:
     from dbt.cli.main import dbtRunner
 
     try:
-        return dbtRunner().invoke(args)
+        with profile_environment(project):
+            return dbtRunner().invoke(args)
     finally:
         if project.target == "duckdb":
             release_duckdb_warehouse()
+
+
+@contextmanager
+def profile_environment(project: Project) -> Iterator[None]:
+    """Set the variables profiles.yml reads to this project for one dbt call, then restore them.
+
+    Setting them for the whole process would make the next project opened in the same
+    process read the first one's warehouse path.
+    """
+    values = {"MOCRA_WAREHOUSE": str(project.warehouse_path), "MOCRA_TARGET": project.target}
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def release_duckdb_warehouse() -> None:

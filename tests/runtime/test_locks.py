@@ -131,3 +131,90 @@ def test_same_table_blocks_other_pipeline(project_dir: Path) -> None:
     assert "table.raw_events.events is held by run holder-run" in (
         results["events_copy"].error or ""
     )
+
+
+def test_concurrent_commands_serialized(project_dir: Path) -> None:
+    make_project(project_dir)
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WAREHOUSE, str(project_dir), "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert first.stdout is not None
+    assert first.stdout.readline().strip() == "locked"
+    try:
+        blocked = run_cli(project_dir, "run")
+        waited = run_cli(project_dir, "run", "--wait", "30")
+    finally:
+        first.wait()
+
+    assert blocked.returncode == 1
+    assert "the DuckDB warehouse is held by holder command (process" in blocked.stderr
+    assert waited.returncode == 0, waited.stderr
+    assert event_count(project_dir) == 2
+
+
+def test_dead_run_marked_abandoned(project_dir: Path) -> None:
+    make_project(project_dir)
+    [first] = run_all(project_dir)
+    path = project_dir / ".mocra" / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute(
+            "insert into mocra_audit.runs (run_id, pipeline, status, trigger, started_at) "
+            "values ('19990101T000000000Z-dead', 'events', 'running', 'manual', now())"
+        )
+
+    [second] = run_all(project_dir)
+
+    with duckdb.connect(str(path), read_only=True) as connection:
+        rows = connection.execute(
+            "select run_id, status, error_code from mocra_audit.runs order by run_id"
+        ).fetchall()
+    assert rows == [
+        ("19990101T000000000Z-dead", "abandoned", "RUN_ABANDONED"),
+        (first.run_id, "succeeded", None),
+        (second.run_id, "succeeded", None),
+    ]
+
+
+def test_second_project_keeps_own_warehouse(tmp_path: Path) -> None:
+    roots = []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        (root / "sources").mkdir(parents=True)
+        (root / "dbt_project").mkdir()
+        make_project(root)
+        roots.append(root)
+
+    for root in roots:
+        [result] = run_all(root)
+        assert result.succeeded, result.error
+
+    for root in roots:
+        assert event_count(root) == 2
+        path = root / ".mocra" / "warehouse.duckdb"
+        with duckdb.connect(str(path), read_only=True) as connection:
+            runs = connection.execute("select count(*) from mocra_audit.runs").fetchone()
+        assert runs == (1,)
+
+
+HOLD_WAREHOUSE = """\
+import sys, time
+from pathlib import Path
+from mocra_elt.config.project import Project
+from mocra_elt.runtime.locks import warehouse_lock
+
+project = Project.discover(Path(sys.argv[1]))
+with warehouse_lock(project, "holder command", wait=0):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def run_cli(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mocra_elt", "--project-dir", str(project_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
