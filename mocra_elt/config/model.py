@@ -8,6 +8,7 @@ the form `${env:NAME}` or `${secret:dotted.key}`, resolved only at run time.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -18,6 +19,11 @@ Stage = Literal["extract", "load", "transform", "quality", "publish"]
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 SECRET_REFERENCE = re.compile(r"^\$\{(env|secret):([A-Za-z_][A-Za-z0-9_.]*)\}$")
+# Header and parameter names whose values must be secret references.
+SENSITIVE_NAME = re.compile(
+    r"auth|token|secret|password|passwd|api[-_]?key|apikey|cookie|signature|credential|session",
+    re.IGNORECASE,
+)
 DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -158,6 +164,17 @@ class HttpSource(Strict):
     max_attempts: int = Field(
         default=5, ge=1, description="Attempts per request on 429, 5xx and connection errors."
     )
+
+    @field_validator("headers", "params")
+    @classmethod
+    def _check_sensitive_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for name, value in values.items():
+            if SENSITIVE_NAME.search(name) and not SECRET_REFERENCE.match(str(value)):
+                raise ValueError(
+                    f"{name!r} looks like a credential, and secrets may not be written in clear "
+                    "text: use '${env:VARIABLE}' or '${secret:key.in.secrets_toml}'"
+                )
+        return values
 
     @field_validator("base_url")
     @classmethod
@@ -329,7 +346,118 @@ class DbSource(PostgresConnection):
         return value
 
 
-Source = Annotated[HttpSource | FilesSource | DbSource, Field(discriminator="type")]
+# Kafka topic names: letters, digits, '.', '_' and '-', at most 249 characters.
+KAFKA_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+# Client properties whose names contain one of these hold secrets, so their values must be
+# references: sasl.password, ssl.key.password, sasl.jaas.config, ssl.key.pem, ...
+KAFKA_SECRET_MARKERS = ("password", "secret", "jaas", "key.pem")
+
+
+class KafkaConnection(Strict):
+    """How a Kafka client reaches the cluster: bootstrap servers and librdkafka properties."""
+
+    # librdkafka properties that mocra-elt sets itself; subclasses add their own.
+    RESERVED_PROPERTIES: ClassVar[tuple[str, ...]] = ("bootstrap.servers",)
+
+    bootstrap_servers: str = Field(
+        description="host:port[,host:port...], plain or a ${env:NAME} reference."
+    )
+    properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="librdkafka client properties, such as security.protocol or sasl.mechanism; "
+        "secret values must be references.",
+    )
+
+    _check_servers = field_validator("bootstrap_servers")(check_reference_or_plain)
+
+    @field_validator("properties")
+    @classmethod
+    def _check_properties(
+        cls, value: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        reserved = sorted(name for name in value if name in cls.RESERVED_PROPERTIES)
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)} cannot be set in properties, because mocra-elt sets it"
+            )
+        for name, option in value.items():
+            if any(marker in name for marker in KAFKA_SECRET_MARKERS):
+                check_secret_reference(str(option))
+            elif isinstance(option, str):
+                check_reference_or_plain(option)
+        return value
+
+
+class AvroOptions(Strict):
+    schema_file: str = Field(description="Avro schema (.avsc), relative to the project root.")
+    framing: Literal["none", "confluent"] = Field(
+        default="none",
+        description="none: plain Avro binary; confluent: a magic byte 0 and a 4-byte schema id "
+        "come first, as Confluent's serializers write.",
+    )
+
+
+class KafkaSource(KafkaConnection):
+    """One topic, all partitions, read from the stored offsets up to the end offsets at start.
+
+    Offsets are stored in the warehouse with each load (see mocra_elt.extract.kafka).
+    """
+
+    RESERVED_PROPERTIES: ClassVar[tuple[str, ...]] = (
+        "bootstrap.servers",
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "enable.partition.eof",
+    )
+
+    type: Literal["kafka"]
+    topic: str = Field(pattern=KAFKA_TOPIC)
+    group_id: str | None = Field(
+        default=None,
+        description="Consumer group that receives the offsets after each load, for lag "
+        "monitoring; default: mocra-elt.<pipeline>.",
+    )
+    commit_to_group: bool = Field(
+        default=True, description="Commit the loaded offsets to group_id after each load."
+    )
+    format: Literal["json", "avro"] = Field(default="json", description="Message value format.")
+    avro: AvroOptions | None = None
+    key_format: Literal["text", "base64"] = Field(
+        default="text", description="How _kafka_key stores the message key: UTF-8 text or base64."
+    )
+    start_offset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a partition with no stored offset starts."
+    )
+    offset_reset: Literal["fail", "earliest", "latest"] = Field(
+        default="fail",
+        description="What to do when a stored offset is outside the partition (deleted by "
+        "retention, or the topic was recreated): fail the run, or restart there.",
+    )
+    max_records: int = Field(default=50_000, ge=1, description="Messages per Arrow batch.")
+    max_seconds: float = Field(
+        default=5.0, gt=0, description="Seconds a batch collects messages before it is passed on."
+    )
+    max_records_per_run: int | None = Field(
+        default=None, ge=1, description="Stop a run after this many messages; the rest waits."
+    )
+    timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds without a message or an end of partition before the run fails.",
+    )
+
+    @model_validator(mode="after")
+    def _check_format(self) -> KafkaSource:
+        if self.format == "avro" and self.avro is None:
+            raise ValueError("format 'avro' needs avro.schema_file")
+        if self.format != "avro" and self.avro is not None:
+            raise ValueError("avro options apply only to format 'avro'")
+        return self
+
+
+Source = Annotated[HttpSource | FilesSource | DbSource | KafkaSource, Field(discriminator="type")]
 
 
 # --- load, transform, quality, sinks ----------------------------------------------------------
@@ -438,11 +566,22 @@ class Quality(Strict):
         return next((entry.policy for entry in self.suites if entry.name == suite), None)
 
 
+Tag = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
 class Sink(Strict):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     type: str = Field(description="Sink kind, such as postgres or object_storage.")
     model: str = Field(description="dbt model or raw table to publish.")
+    tags: list[Tag] = Field(
+        default_factory=list, description="Labels that `mocra-elt run --exclude-tag` skips."
+    )
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class Backoff(Strict):
@@ -481,6 +620,10 @@ class Pipeline(Strict):
     schedule: str | None = Field(default=None, description="Cron expression, five fields.")
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     depends_on: list[str] = Field(default_factory=list)
+    tags: list[Tag] = Field(
+        default_factory=list,
+        description="Labels that `mocra-elt run --tag` selects and `--exclude-tag` skips.",
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -493,7 +636,7 @@ class Pipeline(Strict):
             raise ValueError(f"schedule {value!r} is not a valid cron expression")
         return value
 
-    @field_validator("depends_on", mode="before")
+    @field_validator("depends_on", "tags", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
@@ -510,3 +653,11 @@ class Pipeline(Strict):
     @property
     def dataset(self) -> str:
         return self.load.dataset or f"raw_{self.name}"
+
+    def without_sinks_tagged(self, tags: Iterable[str]) -> Pipeline:
+        """Return this pipeline without the sinks that carry one of `tags`."""
+        excluded = set(tags)
+        remaining = [sink for sink in self.sinks if excluded.isdisjoint(sink.tags)]
+        if len(remaining) == len(self.sinks):
+            return self
+        return self.model_copy(update={"sinks": remaining})

@@ -10,7 +10,7 @@ API key.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 
 from mocra_elt.config.model import (
+    SECRET_REFERENCE,
     ApiKeyAuth,
     BasicAuth,
     BearerAuth,
@@ -66,7 +67,7 @@ class HttpReader(SourceReader):
         session = self._session()
         client = RESTClient(
             base_url=self.source.base_url,
-            headers=dict(self.source.headers),
+            headers=self._resolved(self.source.headers, "source.headers"),
             auth=auth,
             paginator=build_paginator(self.source),
             data_selector=self.source.data_selector,
@@ -102,8 +103,17 @@ class HttpReader(SourceReader):
 
     # --- request set-up ---------------------------------------------------------------------
 
+    def _resolved(self, values: Mapping[str, Any], field: str) -> dict[str, Any]:
+        """Replace secret references among header or parameter values by their values."""
+        return {
+            name: self._secret(value, f"{field}.{name}")
+            if isinstance(value, str) and SECRET_REFERENCE.match(value)
+            else value
+            for name, value in values.items()
+        }
+
     def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = dict(self.source.params)
+        params: dict[str, Any] = self._resolved(self.source.params, "source.params")
         paginator = self.source.paginator
         if isinstance(paginator, PageNumberPaginator) and paginator.page_size_param:
             if paginator.page_size is not None:

@@ -42,8 +42,10 @@ def test_reference_pipelines_load() -> None:
     root = Path(__file__).resolve().parents[2]
     pipelines = load_pipelines(root / "sources")
 
-    assert set(pipelines) == {"flights", "weather"}
-    assert execution_order(pipelines) == ["weather", "flights"]
+    assert set(pipelines) == {"flights", "ops_flights", "weather"}
+    assert execution_order(pipelines) == ["ops_flights", "weather", "flights"]
+    assert pipelines["ops_flights"].tags == ["postgres"]
+    assert [sink.tags for sink in pipelines["flights"].sinks] == [["postgres"]]
     assert pipelines["flights"].retry_policy.for_stage("extract").attempts == 3
 
 
@@ -181,3 +183,37 @@ def test_duration_parsing(text: str | int, seconds: int) -> None:
 def test_duration_rejects_unknown_unit() -> None:
     with pytest.raises(ValueError, match="invalid duration '2w'"):
         parse_duration("2w")
+
+
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [("headers", "Authorization"), ("headers", "X-API-Key"), ("params", "api_key")],
+)
+def test_clear_text_credential_rejected(project_dir: Path, section: str, name: str) -> None:
+    body = f"""\
+        source:
+          type: http
+          base_url: http://127.0.0.1:1
+          {section}: {{{name}: "Bearer abc123"}}
+        load:
+          table: t
+        """
+    error = error_for(project_dir, body)
+
+    assert f"source.{section}" in str(error)
+    assert f"{name!r} looks like a credential" in str(error)
+    assert "abc123" not in str(error)
+
+
+def test_referenced_header_accepted(project_dir: Path) -> None:
+    body = """\
+        source:
+          type: http
+          base_url: http://127.0.0.1:1
+          headers: {Authorization: "${env:API_AUTH}", Accept: application/json}
+        load:
+          table: t
+        """
+    pipeline = load_pipeline_file(write_pipeline(project_dir, "ok", body))
+
+    assert pipeline.source.headers["Authorization"] == "${env:API_AUTH}"

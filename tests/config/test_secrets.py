@@ -76,3 +76,27 @@ def test_missing_env_variable_named(project_dir: Path, tmp_path: Path) -> None:
 
     assert result.error_code == "SECRET_MISSING"
     assert "environment variable 'NOT_SET_ANYWHERE'" in (result.error or "")
+
+
+def test_header_reference_resolved(
+    project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLIGHTS_AUTH_HEADER", f"Bearer {TOKEN}")
+    with start_server(tmp_path / "api", token=TOKEN, limit_rows=2000) as server:
+        write_pipeline(
+            project_dir,
+            "flights",
+            f"""\
+            source:
+              type: http
+              base_url: {server.url}
+              path: /flights
+              data_selector: data
+              paginator: {{type: page_number, total_path: total_pages}}
+              headers: {{Authorization: "${{env:FLIGHTS_AUTH_HEADER}}"}}
+            load: {{table: flights}}
+            """,
+        )
+        result = run(project_dir)
+
+    assert result.succeeded, result.error
