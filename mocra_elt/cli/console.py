@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -10,8 +11,9 @@ from rich.table import Table
 
 from mocra_elt.runtime.runner import RunResult, StageReport
 
-# Piped output (CI logs, `| less`) gets a wide fixed width so tables do not wrap ids.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+# Piped output (CI logs, `| less`) gets COLUMNS or a wide fixed width, so ids do not wrap.
+PIPED_WIDTH = int(os.environ.get("COLUMNS") or 160)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 status_console = Console(stderr=True, highlight=False)
 
 STATUS_STYLE = {

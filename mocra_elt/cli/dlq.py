@@ -143,8 +143,14 @@ def replay(
     failed = [result for result in results if not result.run.succeeded]
     for result in failed:
         click.echo(f"Error: replay run {result.run.run_id} failed: {result.run.error}", err=True)
-    if failed:
-        raise RunFailed(f"{len(failed)} replay runs failed.")
+    still_open = sum(len(r.letters) - len(r.replayed) for r in results if r.run.succeeded)
+    if still_open:
+        click.echo(
+            f"Error: {still_open} letters failed again and stay open; see 'mocra-elt dlq list'.",
+            err=True,
+        )
+    if failed or still_open:
+        raise RunFailed(f"{len(failed)} replay runs failed, {still_open} letters still open.")
 
 
 @dlq.command("discard")

@@ -34,7 +34,10 @@ def list_runs(settings: Settings, pipeline: str | None, limit: int, as_json: boo
         click.echo(json.dumps(rows, default=str, indent=2))
         return
     if not rows:
-        console.print("No runs recorded yet. Start one with 'mocra-elt run'.")
+        if pipeline is not None:
+            console.print(f"No runs of pipeline {pipeline!r} are recorded.")
+        else:
+            console.print("No runs recorded yet. Start one with 'mocra-elt run'.")
         return
     table = Table()
     for column in (

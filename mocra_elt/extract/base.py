@@ -217,7 +217,8 @@ def _converts(values: pa.Array, type_name: str) -> bool:
 def _rejected_row(table: pa.Table, index: int, reason: str) -> RejectedRecord:
     row = table.slice(index, 1).to_pylist()[0]
     origin = row.pop("_source_file", None)
-    where = f"{origin} record {index + 1}" if origin else f"batch record {index + 1}"
+    # Rows are counted within the block read from the file, not by line.
+    where = f"{origin}, record {index + 1} of a read block" if origin else f"record {index + 1}"
     return RejectedRecord(
         source_ref=where,
         payload=json.dumps(row, default=str, sort_keys=True),
@@ -250,4 +251,8 @@ def build_reader(context: ExtractContext) -> SourceReader:
         from mocra_elt.extract.db import DbReader
 
         return DbReader(context)
+    if source_type == "kafka":
+        from mocra_elt.extract.kafka import KafkaReader
+
+        return KafkaReader(context)
     raise ConfigError(f"unknown source type {source_type!r}.", pipeline=context.pipeline.name)

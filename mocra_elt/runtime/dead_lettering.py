@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ def dead_letter_records(run: PipelineRun, rejected: list[RejectedRecord]) -> int
     store = store_for(run)
     groups: dict[tuple[str, str, str | None], list[RejectedRecord]] = defaultdict(list)
     for record in rejected:
-        origin = record.source_ref.split(" line ")[0].split(" record ")[0]
+        origin = re.split(r",? (?:line|record) ", record.source_ref)[0]
         groups[(origin, record.payload_format, record.header)].append(record)
 
     letters: list[DeadLetter] = []
@@ -129,7 +130,7 @@ def dead_letter_stage(run: PipelineRun, stage: str, error: MocraError, attempts:
 def note_replay_rejections(run: PipelineRun, rejected: list[RejectedRecord]) -> None:
     """Keep the letters of records that failed again open, with one more attempt."""
     files: dict[str, str] = run.state["replay_files"]
-    again = {files.get(record.source_ref.split(" ")[0], "") for record in rejected}
+    again = {files.get(re.split(r",? ", record.source_ref)[0], "") for record in rejected}
     again.discard("")
     run.state["replay_rejected"] = again
     if again:

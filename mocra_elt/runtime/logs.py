@@ -59,3 +59,5 @@ def configure_logging(level: str = "warning", log_format: str = "text") -> None:
     package.handlers[:] = [handler]
     package.setLevel(level.upper())
     package.propagate = False
+    # Great Expectations logs set-up chatter at INFO through the root logger.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)

@@ -240,7 +240,7 @@ class PipelineRun:
             details={"dead_letter": letter} if letter else None,
         )
         self.log.error(
-            "stage %s failed with %s after %d attempts: %s%s",
+            "stage %s failed with %s after %d attempt(s): %s%s",
             stage, error.error_code, attempts, error,
             f" (dead letter {letter})" if letter else "",
         )  # fmt: skip

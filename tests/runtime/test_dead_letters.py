@@ -130,6 +130,8 @@ def test_unconvertible_values_replay_after_fix(project_dir: Path) -> None:
 
     stuck = mocra(project_dir, "dlq", "replay", "--pipeline", "events")
     assert "0 of 2 letters replayed" in stuck.output
+    assert stuck.exit_code == 1
+    assert "2 letters failed again and stay open" in stuck.output
     assert {letter["attempts"] for letter in letters(project_dir, "open")} == {2}
 
     # Fix the cause: the saved records hold the values as read; n/a means no amount.
