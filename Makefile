@@ -8,7 +8,7 @@ export DO_NOT_TRACK := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 export RUNTIME__DLTHUB_TELEMETRY := false
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run run-pg test lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/mocra-elt demo run
+
+# Also the PostgreSQL jobs, on the servers in MOCRA_PG_* and MOCRA_S3_ENDPOINT_URL or on
+# throwaway ones that scripts/services.sh starts.
+run-pg: $(STAMP)
+	$(BIN)/mocra-elt demo run --with-postgres
 
 test: $(STAMP)
 	bash scripts/test.sh

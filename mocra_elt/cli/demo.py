@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mocra_elt.cli.main import Settings, handle_errors
+from mocra_elt.cli.common import Settings, handle_errors
 from mocra_elt.errors import ConfigError
 
 TOKEN_VARIABLE = "FLIGHTS_API_TOKEN"
@@ -148,6 +148,31 @@ def publish_command(settings: Settings, rows: int, updates: int) -> None:
     )
 
 
+@demo.command("publish-db")
+@click.option(
+    "--rows", default=10, show_default=True, type=click.IntRange(0), help="Insert N new flights."
+)
+@click.option(
+    "--updates",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Correct N flights spread over the table: one more minute of air_time.",
+)
+@handle_errors
+def publish_db_command(rows: int, updates: int) -> None:
+    """Insert and correct flights in the PostgreSQL table ops.flights (MOCRA_PG_* variables)."""
+    from mocra_elt.cli.console import console
+    from mocra_elt.demo.flights_db import RELATION, publish_flights
+    from mocra_elt.load.postgres import info_from_env
+
+    change = publish_flights(info_from_env(), rows=rows, updates=updates)
+    console.print(
+        f"Inserted {len(change.inserted):,} and updated {len(change.updated):,} rows of "
+        f"{RELATION} at {change.updated_at.isoformat()}."
+    )
+
+
 # --- weather files ----------------------------------------------------------------------------
 
 WEATHER_FOLDER_HELP = "Folder to write into. Default: demo/weather under the project's data folder."
@@ -191,3 +216,55 @@ def correct_weather_command(settings: Settings, folder: Path | None) -> None:
     target = folder if folder is not None else weather_dir(settings.project())
     path = publish_correction(target)
     console.print(f"Wrote the weather correction {path}.")
+
+
+# --- flight events ----------------------------------------------------------------------------
+
+
+@demo.command("produce-events")
+@click.option(
+    "--bootstrap-servers",
+    envvar="MOCRA_KAFKA_BOOTSTRAP",
+    required=True,
+    help="Kafka brokers as host:port[,host:port]. Default: $MOCRA_KAFKA_BOOTSTRAP.",
+)
+@click.option("--topic", default="flight_events", show_default=True, help="Topic to produce to.")
+@click.option(
+    "--rows",
+    type=click.IntRange(1),
+    help="Produce the events of the first N flights only. Default: all 336,776 flights.",
+)
+@click.option(
+    "--partitions",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Partitions of the topic when it has to be created.",
+)
+@click.option(
+    "--malformed",
+    default=0,
+    type=click.IntRange(0),
+    help="Also send N messages that are not valid JSON, to see them dead-lettered.",
+)
+@handle_errors
+def produce_events_command(
+    bootstrap_servers: str, topic: str, rows: int | None, partitions: int, malformed: int
+) -> None:
+    """Produce departed, arrived and cancelled events of the 2013 flights to a Kafka topic.
+
+    Events are keyed by flight id and carry a stable event_id, so producing them again
+    and loading with a merge on event_id adds nothing twice.
+    """
+    from mocra_elt.cli.console import console
+    from mocra_elt.demo.flight_events import flight_events, produce_events
+
+    events = flight_events(rows)
+    summary = produce_events(
+        bootstrap_servers, topic, events, partitions=partitions, malformed=malformed
+    )
+    console.print(
+        f"Produced {summary.events:,} events of {summary.flights:,} flights"
+        + (f" and {summary.malformed} malformed messages" if summary.malformed else "")
+        + f" to topic {summary.topic!r} ({summary.partitions} partitions) at {bootstrap_servers}."
+    )

@@ -1,33 +1,62 @@
-"""`mocra-elt demo run`: the reference job that `make run` starts."""
+"""`mocra-elt demo run`: the reference jobs that `make run` and `make run-pg` start."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import click
 
-from mocra_elt.cli.main import Settings, handle_errors
+from mocra_elt.cli.common import Settings, handle_errors
 
 
 @click.command("run")
 @click.option(
     "--port", default=8765, show_default=True, help="Port of the demo flights API on 127.0.0.1."
 )
+@click.option(
+    "--with-postgres",
+    is_flag=True,
+    help="Also run the pipelines and sinks tagged postgres, against the PostgreSQL and S3 "
+    "servers in MOCRA_PG_* and MOCRA_S3_ENDPOINT_URL, or throwaway ones that "
+    "scripts/services.sh starts and stops.",
+)
 @click.pass_obj
 @handle_errors
-def run_reference(settings: Settings, port: int) -> None:
-    """Write the demo data, start the flights API and run every pipeline."""
+def run_reference(settings: Settings, port: int, with_postgres: bool) -> None:
+    """Write the demo data, start the flights API and run the pipelines."""
     from mocra_elt.cli.console import console
     from mocra_elt.cli.run_validate import execute_runs
-    from mocra_elt.demo.reference import flights_api, prepare_demo_data
+    from mocra_elt.demo.reference import (
+        SERVER_TAG,
+        demo_servers,
+        flights_api,
+        prepare_demo_data,
+        prepare_postgres_data,
+    )
 
     project = settings.project()
     project.ensure_data_dir()
     console.print("Preparing the demo data (flights API state, monthly weather files) ...")
     prepare_demo_data(project)
-    with flights_api(project, port):
-        execute_runs(project, [], trigger="demo")
+    with ExitStack() as stack:
+        if with_postgres:
+            servers = stack.enter_context(demo_servers(project.root))
+            console.print(f"Using {servers}.")
+            copied = prepare_postgres_data()
+            if copied:
+                console.print(f"Copied {copied:,} flights into the table ops.flights.")
+        stack.enter_context(flights_api(project, port))
+        excluded = () if with_postgres else (SERVER_TAG,)
+        execute_runs(project, [], trigger="demo", exclude_tags=excluded)
     console.print(
         f"Warehouse: {project.warehouse_path}\n"
         "Next: 'mocra-elt runs list', 'mocra-elt demo publish --rows 100' then 'make run' "
         "again, or 'dbt docs generate --project-dir dbt_project && dbt docs serve "
         "--project-dir dbt_project'."
     )
+    if with_postgres:
+        console.print(
+            'With servers that outlive one run (eval "$(scripts/services.sh start DIR)"), '
+            "'mocra-elt demo publish-db' changes 20 rows of ops.flights for the next "
+            "'make run-pg'."
+        )

@@ -1,22 +1,39 @@
-"""The reference job behind `make run`: serve the demo data, then run every pipeline."""
+"""The reference jobs behind `make run` and `make run-pg`: serve the demo data, run the pipelines.
+
+`make run` runs the pipelines that need no server besides the demo flights API.
+`make run-pg` also runs what carries the tag `postgres` (SERVER_TAG): the
+flights mart's sink into PostgreSQL and the `ops_flights` pipeline, which reads
+a PostgreSQL table and writes Parquet to an S3 API server.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mocra_elt.config.project import Project
-from mocra_elt.errors import ConfigError, SourceError
+from mocra_elt.errors import ConfigError, MocraError, SourceError
+
+log = logging.getLogger(__name__)
 
 DEMO_TOKEN = "demo-token"
 API_HOST = "127.0.0.1"
 API_PORT = 8765
+
+# Pipelines and sinks with this tag need the PostgreSQL and S3 servers.
+SERVER_TAG = "postgres"
+# With both set, the demo uses the servers they point to instead of starting its own.
+SERVER_VARIABLES = ("MOCRA_PG_HOST", "MOCRA_S3_ENDPOINT_URL")
+SERVICES_SCRIPT = Path("scripts") / "services.sh"
 
 
 def prepare_demo_data(project: Project) -> None:
@@ -26,6 +43,72 @@ def prepare_demo_data(project: Project) -> None:
 
     ensure_initial_state(flights_state_dir(project))
     write_weather_files(weather_dir(project))
+
+
+def prepare_postgres_data(limit_rows: int | None = None) -> int:
+    """Create the operations table `ops.flights` unless it exists; return the rows copied.
+
+    The connection comes from MOCRA_PG_HOST, _PORT, _USER, _PASSWORD and _DATABASE.
+    """
+    from mocra_elt.demo.flights_db import seed_flights
+    from mocra_elt.load.postgres import info_from_env
+
+    return seed_flights(info_from_env(), limit_rows)
+
+
+@contextmanager
+def demo_servers(root: Path, required: tuple[str, ...] = SERVER_VARIABLES) -> Iterator[str]:
+    """Use the servers that MOCRA_PG_* and MOCRA_S3_ENDPOINT_URL name, or start throwaway ones.
+
+    When a variable of `required` is unset, `root`/scripts/services.sh starts
+    PostgreSQL and the S3 API server on 127.0.0.1, exports their settings for the
+    duration of the block, then stops them and deletes their data. Yields a
+    description of the servers used.
+    """
+    if all(os.environ.get(name) for name in required):
+        yield "the servers in " + " and ".join(required)
+        return
+    script = root / SERVICES_SCRIPT
+    if not script.is_file():
+        raise ConfigError(
+            f"{script} not found, so PostgreSQL and the S3 API server cannot be started. "
+            f"Set {', '.join(required)} and the other MOCRA_PG_* variables to use running "
+            "servers."
+        )
+    folder = tempfile.mkdtemp(prefix="mocra-services-")
+    previous: dict[str, str | None] = {}
+    try:
+        variables = _start_services(script, folder)
+        previous = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
+        yield f"throwaway servers started by {SERVICES_SCRIPT} (data in {folder})"
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        subprocess.run(["bash", str(script), "stop", folder], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_services(script: Path, folder: str) -> dict[str, str]:
+    """Run `services.sh start` and return the variables its `export NAME=value` lines set."""
+    result = subprocess.run(
+        ["bash", str(script), "start", folder], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise MocraError(
+            f"{SERVICES_SCRIPT} could not start the servers (exit code {result.returncode}); "
+            "its messages are above."
+        )
+    variables = {}
+    for line in result.stdout.splitlines():
+        name, separator, value = line.removeprefix("export ").partition("=")
+        if line.startswith("export ") and separator:
+            variables[name] = value
+    log.info("started servers: %s", ", ".join(sorted(variables)))
+    return variables
 
 
 def flights_state_dir(project: Project) -> Path:
