@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,13 @@ def load_pipelines(sources_dir: Path) -> dict[str, Pipeline]:
         origins[pipeline.name] = path
 
     for name, pipeline in pipelines.items():
+        if name in pipeline.depends_on:
+            raise ConfigError(
+                f"pipeline {name!r}: depends_on names the pipeline itself; remove it.",
+                path=origins[name],
+                pipeline=name,
+                field="depends_on",
+            )
         for upstream in pipeline.depends_on:
             if upstream not in pipelines:
                 raise ConfigError(
@@ -101,6 +109,7 @@ _UNION_TAGS = {
     "http",
     "files",
     "db",
+    "kafka",
     "bearer",
     "api_key",
     "basic",
@@ -117,7 +126,10 @@ def _describe(issue: Any) -> str:
     kind = issue["type"]
     context = issue.get("ctx") or {}
     if kind == "extra_forbidden":
-        return "unknown field; check the spelling against the pipeline reference in README.md"
+        name = str(issue["loc"][-1])
+        close = difflib.get_close_matches(name, _known_fields(), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "see the pipeline reference in README.md"
+        return f"unknown field; {hint}"
     if kind == "missing":
         return "required field is missing"
     if kind == "literal_error":
@@ -137,6 +149,19 @@ def _describe(issue: Any) -> str:
     if "secrets may not be written" in message or not _short(issue):
         return message  # never echo a clear-text secret back
     return f"{message} (got {issue['input']!r})"
+
+
+def _known_fields() -> list[str]:
+    """Return every field name of the pipeline definition models, for spelling hints."""
+    from pydantic import BaseModel
+
+    from mocra_elt.config import model
+
+    names: set[str] = set()
+    for value in vars(model).values():
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            names.update(value.model_fields)
+    return sorted(names)
 
 
 def _short(issue: Any) -> bool:

@@ -472,6 +472,13 @@ class Incremental(Strict):
         default=None, description="Reload this much before the watermark, e.g. '2h' or 100."
     )
 
+    @field_validator("lookback")
+    @classmethod
+    def _check_lookback(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
 
 class Load(Strict):
     dataset: str | None = Field(default=None, pattern=NAME_PATTERN)
@@ -640,15 +647,6 @@ class Pipeline(Strict):
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _check_lookback(self) -> Pipeline:
-        incremental = self.load.incremental
-        if incremental is not None and incremental.lookback is not None:
-            parse_duration(incremental.lookback)
-        if self.name in self.depends_on:
-            raise ValueError(f"pipeline {self.name!r} cannot depend on itself")
-        return self
 
     @property
     def dataset(self) -> str:

@@ -217,3 +217,26 @@ def test_referenced_header_accepted(project_dir: Path) -> None:
     pipeline = load_pipeline_file(write_pipeline(project_dir, "ok", body))
 
     assert pipeline.source.headers["Authorization"] == "${env:API_AUTH}"
+
+
+def test_misspelt_field_suggests_name(project_dir: Path) -> None:
+    error = error_for(project_dir, MINIMAL + "  write_dispositon: merge\n")
+
+    assert "load.write_dispositon: unknown field; did you mean 'write_disposition'?" in str(error)
+
+
+def test_invalid_lookback_located(project_dir: Path) -> None:
+    body = MINIMAL + "  write_disposition: merge\n  primary_key: id\n"
+    body += "  incremental: {cursor: updated_at, lookback: two hours}\n"
+    error = error_for(project_dir, body)
+
+    assert "load.incremental.lookback: invalid duration 'two hours'" in str(error)
+
+
+def test_self_dependency_rejected(project_dir: Path) -> None:
+    write_pipeline(project_dir, "events", MINIMAL + "depends_on: [events]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_pipelines(project_dir / "sources")
+
+    assert "depends_on names the pipeline itself" in str(caught.value)
+    assert caught.value.field == "depends_on"
