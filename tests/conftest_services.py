@@ -1,6 +1,7 @@
-"""Fixtures for tests against the PostgreSQL and S3 servers that scripts/services.sh starts.
+"""Fixtures for tests against the servers that scripts/services.sh starts.
 
-`make test` starts both servers and exports their settings. A test that needs
+`make test` starts PostgreSQL, an S3 API server and a Kafka-protocol broker, and
+exports their settings. A test that needs
 a server which is not there is skipped, or fails when CI=true or
 MOCRA_REQUIRE_SERVICES=1, so a CI run cannot pass without running it.
 Start the servers for a local run with:
@@ -22,13 +23,22 @@ import pytest
 if TYPE_CHECKING:
     from mocra_elt.publish import SinkResult
 
-__all__ = ["model_warehouse", "pg_database", "pg_env", "postgres_server", "s3_bucket", "s3_server"]
+__all__ = [
+    "kafka_broker",
+    "kafka_topic",
+    "model_warehouse",
+    "pg_database",
+    "pg_env",
+    "postgres_server",
+    "s3_bucket",
+    "s3_server",
+]
 
 # Read at import: the autouse `clean_environment` fixture removes MOCRA_* before each test.
 SERVICE_ENV = {
     key: value
     for key, value in os.environ.items()
-    if key.startswith(("MOCRA_PG_", "MOCRA_S3_", "AWS_"))
+    if key.startswith(("MOCRA_PG_", "MOCRA_S3_", "MOCRA_KAFKA_", "AWS_"))
 }
 START_HINT = 'start them with: eval "$(scripts/services.sh start /tmp/mocra-services)"'
 
@@ -179,6 +189,101 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
             monkeypatch.setenv(key, value)
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3_server.filesystem().mkdir(name)
+    return name
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    """The Kafka-protocol broker (Tansu) of scripts/services.sh."""
+
+    bootstrap: str
+
+    def create_topic(self, name: str, partitions: int = 3) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+        )
+        futures[name].result(timeout=30)
+
+    def produce(
+        self,
+        topic: str,
+        messages: list[tuple[bytes | None, bytes | None]],
+        partition: int | None = None,
+    ) -> None:
+        """Produce (key, value) pairs and wait until the broker acknowledged every one."""
+        from confluent_kafka import Producer
+
+        producer = Producer(
+            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        )
+        failures: list[str] = []
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        for key, value in messages:
+            extra = {} if partition is None else {"partition": partition}
+            producer.produce(topic, key=key, value=value, on_delivery=delivered, **extra)
+            producer.poll(0)
+        remaining = producer.flush(30)
+        assert remaining == 0 and not failures, f"{remaining} undelivered, errors {failures}"
+
+    def consume_all(self, topic: str, timeout: float = 30) -> list[Any]:
+        """Return every message of the topic, read from the start of each partition."""
+        import time
+
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"test-{uuid.uuid4().hex[:8]}",
+                "enable.partition.eof": True,
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+            consumer.assign([TopicPartition(topic, number, 0) for number in partitions])
+            messages, ended = [], set()
+            deadline = time.monotonic() + timeout
+            while len(ended) < len(partitions) and time.monotonic() < deadline:
+                for message in consumer.consume(1000, timeout=0.5):
+                    if message.error() is None:
+                        messages.append(message)
+                    elif message.error().code() == -191:  # end of partition
+                        ended.add(message.partition())
+            assert len(ended) == len(partitions), f"only partitions {ended} reached their end"
+            return messages
+        finally:
+            consumer.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> KafkaBroker:
+    bootstrap = SERVICE_ENV.get("MOCRA_KAFKA_BOOTSTRAP")
+    if bootstrap is None:
+        service_missing("the Kafka test broker is not running (MOCRA_KAFKA_BOOTSTRAP is not set)")
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    except KafkaException as error:
+        service_missing(f"cannot reach the Kafka test broker at {bootstrap}: {error}")
+    return KafkaBroker(str(bootstrap))
+
+
+@pytest.fixture
+def kafka_topic(kafka_broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new topic with 3 partitions; MOCRA_KAFKA_BOOTSTRAP is set for the test."""
+    monkeypatch.setenv("MOCRA_KAFKA_BOOTSTRAP", kafka_broker.bootstrap)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    kafka_broker.create_topic(name, partitions=3)
     return name
 
 

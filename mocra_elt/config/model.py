@@ -348,13 +348,13 @@ class DbSource(PostgresConnection):
 
 # Kafka topic names: letters, digits, '.', '_' and '-', at most 249 characters.
 KAFKA_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
-# Client properties whose names contain one of these hold secrets, so their values must be
+# Client properties whose names contain one of these contain secrets, so their values must be
 # references: sasl.password, ssl.key.password, sasl.jaas.config, ssl.key.pem, ...
 KAFKA_SECRET_MARKERS = ("password", "secret", "jaas", "key.pem")
 
 
 class KafkaConnection(Strict):
-    """How a Kafka client reaches the cluster: bootstrap servers and librdkafka properties."""
+    """The connection of a Kafka client: bootstrap servers and librdkafka properties."""
 
     # librdkafka properties that mocra-elt sets itself; subclasses add their own.
     RESERVED_PROPERTIES: ClassVar[tuple[str, ...]] = ("bootstrap.servers",)
@@ -425,7 +425,7 @@ class KafkaSource(KafkaConnection):
     format: Literal["json", "avro"] = Field(default="json", description="Message value format.")
     avro: AvroOptions | None = None
     key_format: Literal["text", "base64"] = Field(
-        default="text", description="How _kafka_key stores the message key: UTF-8 text or base64."
+        default="text", description="Encoding of the message key in _kafka_key: text or base64."
     )
     start_offset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a partition with no stored offset starts."

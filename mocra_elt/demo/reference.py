@@ -1,9 +1,9 @@
 """The reference jobs behind `make run` and `make run-pg`: serve the demo data, run the pipelines.
 
 `make run` runs the pipelines that need no server besides the demo flights API.
-`make run-pg` also runs what carries the tag `postgres` (SERVER_TAG): the
-flights mart's sink into PostgreSQL and the `ops_flights` pipeline, which reads
-a PostgreSQL table and writes Parquet to an S3 API server.
+`make run-pg` also runs what carries a tag of SERVER_TAGS: the flights mart's
+sink into PostgreSQL, the `ops_flights` pipeline, which reads a PostgreSQL table
+and writes Parquet to an S3 API server, and `flight_events`, read from Kafka.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ DEMO_TOKEN = "demo-token"
 API_HOST = "127.0.0.1"
 API_PORT = 8765
 
-# Pipelines and sinks with this tag need the PostgreSQL and S3 servers.
+# Pipelines and sinks with these tags need PostgreSQL and the S3 server, or a Kafka broker.
 SERVER_TAG = "postgres"
-# With both set, the demo uses the servers they point to instead of starting its own.
-SERVER_VARIABLES = ("MOCRA_PG_HOST", "MOCRA_S3_ENDPOINT_URL")
+SERVER_TAGS = (SERVER_TAG, "kafka")
+# With all set, the demo uses the servers they point to instead of starting its own.
+SERVER_VARIABLES = ("MOCRA_PG_HOST", "MOCRA_S3_ENDPOINT_URL", "MOCRA_KAFKA_BOOTSTRAP")
+EVENTS_TOPIC = "flight_events"
 SERVICES_SCRIPT = Path("scripts") / "services.sh"
 
 
@@ -54,6 +56,16 @@ def prepare_postgres_data(limit_rows: int | None = None) -> int:
     from mocra_elt.load.postgres import info_from_env
 
     return seed_flights(info_from_env(), limit_rows)
+
+
+def prepare_kafka_data(topic: str = EVENTS_TOPIC) -> int:
+    """Produce the flights' status events to `topic` unless it has messages; return events sent."""
+    from mocra_elt.demo.flight_events import flight_events, produce_events, topic_has_messages
+
+    bootstrap = os.environ["MOCRA_KAFKA_BOOTSTRAP"]
+    if topic_has_messages(bootstrap, topic):
+        return 0
+    return produce_events(bootstrap, topic, flight_events()).events
 
 
 @contextmanager

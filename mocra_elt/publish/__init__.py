@@ -1,6 +1,6 @@
 """Publish stage: copy models from the warehouse to the pipeline's sinks.
 
-Each sink type is a module (`postgres`, `object_storage`) with a class whose
+Each sink type is a module (`postgres`, `object_storage`, `kafka`) with a class whose
 `publish()` returns a `SinkResult`. `publish_sinks` runs the sinks in the order
 the pipeline lists them and stops at the first failure.
 """
@@ -38,7 +38,12 @@ class PublishContext:
 
 def publish_sinks(context: PublishContext) -> list[SinkResult]:
     """Publish to every sink of the pipeline, in order; raises the first sink's error."""
-    from mocra_elt.publish.config import ObjectStorageSinkOptions, PostgresSinkOptions, parse_sink
+    from mocra_elt.publish.config import (
+        KafkaSinkOptions,
+        ObjectStorageSinkOptions,
+        PostgresSinkOptions,
+        parse_sink,
+    )
 
     results = []
     for index, sink in enumerate(context.pipeline.sinks):
@@ -51,6 +56,10 @@ def publish_sinks(context: PublishContext) -> list[SinkResult]:
             from mocra_elt.publish.object_storage import ObjectStorageSink
 
             result = ObjectStorageSink(options, index, context).publish()
+        elif isinstance(options, KafkaSinkOptions):
+            from mocra_elt.publish.kafka import KafkaSink
+
+            result = KafkaSink(options, index, context).publish()
         else:  # pragma: no cover - parse_sink accepts only the types above
             raise AssertionError(f"no publisher for sink type {sink.type!r}")
         context.log.info(

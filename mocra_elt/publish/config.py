@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mocra_elt.config.model import (
+    KAFKA_TOPIC,
     PG_IDENTIFIER,
+    KafkaConnection,
     PostgresConnection,
     Sink,
     Strict,
@@ -155,9 +157,52 @@ class ObjectStorageSinkOptions(SinkOptions):
         return value
 
 
+class KafkaSinkOptions(SinkOptions, KafkaConnection):
+    """Send each row of a model as one JSON message, keyed by the record key, to a topic."""
+
+    RESERVED_PROPERTIES: ClassVar[tuple[str, ...]] = (
+        "bootstrap.servers",
+        "enable.idempotence",
+        "acks",
+        "transactional.id",
+    )
+
+    type: Literal["kafka"]
+    topic: str = Field(pattern=KAFKA_TOPIC)
+    key: list[str] = Field(
+        min_length=1,
+        description="Columns whose values form the message key: one column's value as text, "
+        "several as a JSON array.",
+    )
+    format: Literal["json"] = Field(default="json", description="Message value format.")
+    delivery_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds the client may spend delivering one message, retries included.",
+    )
+    batch_rows: int = Field(
+        default=10_000, ge=1, description="Rows read from the warehouse at a time."
+    )
+
+    _check_key = field_validator("key")(_check_identifiers)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_key_columns(self) -> KafkaSinkOptions:
+        missing = [name for name in self.key if self.columns and name not in self.columns]
+        if missing:
+            raise ValueError(f"key column {', '.join(missing)} is not in columns")
+        return self
+
+
 SINK_OPTIONS: dict[str, type[SinkOptions]] = {
     "postgres": PostgresSinkOptions,
     "object_storage": ObjectStorageSinkOptions,
+    "kafka": KafkaSinkOptions,
 }
 
 

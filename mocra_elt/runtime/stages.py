@@ -89,6 +89,11 @@ def load(run: PipelineRun) -> StageOutcome:
         watermarks=watermarks,
         on_commit=run.state.get("on_load_commit"),
     )
+    # Sources that keep a copy of their position elsewhere (Kafka consumer groups) update it
+    # only now, so that copy never runs ahead of the committed load.
+    after_commit = getattr(reader, "after_load_commit", None)
+    if after_commit is not None:
+        after_commit()
     return StageOutcome(
         rows_in=loader.extracted_rows,
         rows_out=result.rows,

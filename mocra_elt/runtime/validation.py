@@ -6,7 +6,7 @@ from mocra_elt.config.model import Pipeline
 from mocra_elt.config.project import Project
 from mocra_elt.errors import ConfigError
 
-SUPPORTED_SINKS: tuple[str, ...] = ("postgres", "object_storage")
+SUPPORTED_SINKS: tuple[str, ...] = ("postgres", "object_storage", "kafka")
 
 
 def check_runnable(project: Project, pipeline: Pipeline) -> None:

@@ -42,8 +42,8 @@ def test_reference_pipelines_load() -> None:
     root = Path(__file__).resolve().parents[2]
     pipelines = load_pipelines(root / "sources")
 
-    assert set(pipelines) == {"flights", "ops_flights", "weather"}
-    assert execution_order(pipelines) == ["ops_flights", "weather", "flights"]
+    assert set(pipelines) == {"flights", "flight_events", "ops_flights", "weather"}
+    assert execution_order(pipelines) == ["ops_flights", "weather", "flights", "flight_events"]
     assert pipelines["ops_flights"].tags == ["postgres"]
     assert [sink.tags for sink in pipelines["flights"].sinks] == [["postgres"]]
     assert pipelines["flights"].retry_policy.for_stage("extract").attempts == 3
