@@ -29,12 +29,15 @@ def run_reference(settings: Settings, port: int, with_servers: bool) -> None:
     from mocra_elt.cli.console import console
     from mocra_elt.cli.run_validate import execute_runs
     from mocra_elt.demo.reference import (
+        SERVER_TAG,
         SERVER_TAGS,
         demo_servers,
         flights_api,
         prepare_demo_data,
         prepare_kafka_data,
         prepare_postgres_data,
+        required_variables,
+        server_tags_in_use,
     )
 
     project = settings.project()
@@ -42,12 +45,15 @@ def run_reference(settings: Settings, port: int, with_servers: bool) -> None:
     console.print("Preparing the demo data (flights API state, monthly weather files) ...")
     prepare_demo_data(project)
     with ExitStack() as stack:
-        if with_servers:
-            servers = stack.enter_context(demo_servers(project.root))
+        tags = server_tags_in_use(project) if with_servers else []
+        if tags:
+            servers = stack.enter_context(demo_servers(project.root, required_variables(tags)))
             console.print(f"Using {servers}.")
+        if SERVER_TAG in tags:
             copied = prepare_postgres_data()
             if copied:
                 console.print(f"Copied {copied:,} flights into the table ops.flights.")
+        if "kafka" in tags:
             produced = prepare_kafka_data()
             if produced:
                 console.print(f"Produced {produced:,} flight status events to Kafka.")

@@ -32,8 +32,13 @@ API_PORT = 8765
 # Pipelines and sinks with these tags need PostgreSQL and the S3 server, or a Kafka broker.
 SERVER_TAG = "postgres"
 SERVER_TAGS = (SERVER_TAG, "kafka")
-# With all set, the demo uses the servers they point to instead of starting its own.
-SERVER_VARIABLES = ("MOCRA_PG_HOST", "MOCRA_S3_ENDPOINT_URL", "MOCRA_KAFKA_BOOTSTRAP")
+# With the variables of every tag in use set, the demo uses the servers they point to
+# instead of starting its own.
+TAG_VARIABLES = {
+    SERVER_TAG: ("MOCRA_PG_HOST", "MOCRA_S3_ENDPOINT_URL"),
+    "kafka": ("MOCRA_KAFKA_BOOTSTRAP",),
+}
+SERVER_VARIABLES = tuple(name for names in TAG_VARIABLES.values() for name in names)
 EVENTS_TOPIC = "flight_events"
 SERVICES_SCRIPT = Path("scripts") / "services.sh"
 
@@ -56,6 +61,22 @@ def prepare_postgres_data(limit_rows: int | None = None) -> int:
     from mocra_elt.load.postgres import info_from_env
 
     return seed_flights(info_from_env(), limit_rows)
+
+
+def server_tags_in_use(project: Project) -> list[str]:
+    """Return the tags of SERVER_TAGS that a pipeline or sink of the project carries."""
+    from mocra_elt.config.loader import load_pipelines
+
+    used: set[str] = set()
+    for pipeline in load_pipelines(project.sources_dir).values():
+        used.update(pipeline.tags)
+        for sink in pipeline.sinks:
+            used.update(sink.tags)
+    return [tag for tag in SERVER_TAGS if tag in used]
+
+
+def required_variables(tags: list[str]) -> tuple[str, ...]:
+    return tuple(name for tag in tags for name in TAG_VARIABLES[tag])
 
 
 def prepare_kafka_data(topic: str = EVENTS_TOPIC) -> int:

@@ -523,7 +523,7 @@ def test_demo_events_merge_on_event_id(
 
     from mocra_elt.demo.nycflights import read_flights
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "kafka" / "flight_events.yml"
+    example = Path(__file__).resolve().parents[2] / "sources" / "flight_events.yml"
     definition = yaml.safe_load(example.read_text())
     definition["source"]["topic"] = kafka_topic
     for upstream_part in ("transform", "depends_on"):
