@@ -108,19 +108,13 @@ def demo_servers(root: Path, required: tuple[str, ...] = SERVER_VARIABLES) -> It
             f"Set {', '.join(required)} and the other MOCRA_PG_* variables to use running "
             "servers."
         )
+    from mocra_elt.runtime.environment import temporary_environment
+
     folder = tempfile.mkdtemp(prefix="mocra-services-")
-    previous: dict[str, str | None] = {}
     try:
-        variables = _start_services(script, folder)
-        previous = {name: os.environ.get(name) for name in variables}
-        os.environ.update(variables)
-        yield f"throwaway servers started by {SERVICES_SCRIPT} (data in {folder})"
+        with temporary_environment(_start_services(script, folder)):
+            yield f"throwaway servers started by {SERVICES_SCRIPT} (data in {folder})"
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         subprocess.run(["bash", str(script), "stop", folder], check=False)
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from mocra_elt.config.project import Project
 
@@ -38,3 +40,18 @@ def _reload_dlt_settings(project: Project) -> None:
     from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
 
     Container()[PluggableRunContext].reload(str(project.root))
+
+
+@contextmanager
+def temporary_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore the old values."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

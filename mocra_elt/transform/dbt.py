@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,17 +67,11 @@ def profile_environment(project: Project) -> Iterator[None]:
     Setting them for the whole process would make the next project opened in the same
     process read the first one's warehouse path.
     """
+    from mocra_elt.runtime.environment import temporary_environment
+
     values = {"MOCRA_WAREHOUSE": str(project.warehouse_path), "MOCRA_TARGET": project.target}
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
+    with temporary_environment(values):
         yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def release_duckdb_warehouse() -> None:
