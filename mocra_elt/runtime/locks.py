@@ -80,9 +80,9 @@ def _acquire(handle: IO[str], path: Path, pipeline: str, wait: float, subject: s
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                who = f"pipeline {pipeline!r}" if pipeline else "this command"
+                requester = f"pipeline {pipeline!r}" if pipeline else "this command"
                 raise PipelineLockedError(
-                    f"{who} cannot start: {subject or path.stem} is held by {_holder(path)}. "
+                    f"{requester} cannot start: {subject or path.stem} is held by {_holder(path)}. "
                     "Wait for it to finish, or pass --wait SECONDS to wait for it.",
                     pipeline=pipeline or None,
                 ) from None
