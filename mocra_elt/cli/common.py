@@ -56,3 +56,20 @@ def handle_errors(command: F) -> F:
             sys.exit(code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def command_path(name: str) -> str:
+    """Return how to call this installation's `name` from the current folder.
+
+    A virtual environment inside the current folder gives a relative path such as
+    `.venv/bin/mocra-elt`; an executable on PATH gives its bare name.
+    """
+    import shutil
+
+    executable = Path(sys.executable).parent / name
+    if shutil.which(name) == str(executable):
+        return name
+    try:
+        return str(executable.relative_to(Path.cwd()))
+    except ValueError:
+        return str(executable)

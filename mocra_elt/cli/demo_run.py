@@ -6,7 +6,7 @@ from contextlib import ExitStack
 
 import click
 
-from mocra_elt.cli.common import Settings, handle_errors
+from mocra_elt.cli.common import Settings, command_path, handle_errors
 
 
 @click.command("run")
@@ -40,6 +40,7 @@ def run_reference(settings: Settings, port: int, with_servers: bool) -> None:
         server_tags_in_use,
     )
 
+    mocra, dbt = command_path("mocra-elt"), command_path("dbt")
     project = settings.project()
     project.ensure_data_dir()
     console.print("Preparing the demo data (flights API state, monthly weather files) ...")
@@ -62,8 +63,8 @@ def run_reference(settings: Settings, port: int, with_servers: bool) -> None:
         execute_runs(project, [], trigger="demo", exclude_tags=excluded)
     console.print(
         f"Warehouse: {project.warehouse_path}\n"
-        "Next: 'mocra-elt runs list', 'mocra-elt demo publish --rows 100' then 'make run' "
-        "again, or 'dbt docs generate --project-dir dbt_project && dbt docs serve "
+        f"Next: '{mocra} runs list', '{mocra} demo publish --rows 100' then 'make run' "
+        f"again, or '{dbt} docs generate --project-dir dbt_project && {dbt} docs serve "
         "--project-dir dbt_project'."
     )
     if with_servers:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mocra_elt.cli.common import handle_errors
+from mocra_elt.cli.common import command_path, handle_errors
 from mocra_elt.errors import ConfigError
 
 SCAFFOLD = Path(__file__).resolve().parents[1] / "scaffold"
@@ -25,9 +25,12 @@ def init(directory: Path) -> None:
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} already exists and is not empty; choose a new folder name.")
     copy_scaffold(directory)
+    mocra = command_path("mocra-elt")
+    if "/" in mocra:
+        mocra = str(Path(mocra).resolve())  # the hint runs from inside the new folder
     console.print(
         f"Created a mocra-elt project in {directory}.\n"
-        f"Next: cd {directory} && mocra-elt run && mocra-elt runs list"
+        f"Next: cd {directory} && {mocra} run && {mocra} runs list"
     )
 
 

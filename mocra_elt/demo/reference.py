@@ -166,7 +166,12 @@ def flights_api(project: Project, port: int = API_PORT) -> Iterator[str]:
         "--port",
         str(port),
     ]
-    server = subprocess.Popen(command, env={**os.environ, "MOCRA_DATA_DIR": str(project.data_dir)})
+    # The server's own stdout (its URL) would land between the run's progress lines.
+    server = subprocess.Popen(
+        command,
+        env={**os.environ, "MOCRA_DATA_DIR": str(project.data_dir)},
+        stdout=subprocess.DEVNULL,
+    )
     try:
         _wait_for_port(API_HOST, port, server)
         yield f"http://{API_HOST}:{port}"
