@@ -148,6 +148,8 @@ def _describe(issue: Any) -> str:
     message = str(issue["msg"]).removeprefix("Value error, ")
     if "secrets may not be written" in message or not _short(issue):
         return message  # never echo a clear-text secret back
+    if repr(issue["input"]) in message:
+        return message
     return f"{message} (got {issue['input']!r})"
 
 

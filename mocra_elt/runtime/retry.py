@@ -51,7 +51,7 @@ def call_with_retry(
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "stage %s failed on attempt %d of %d with %s: %s; retrying in %.1f s",
+            "stage %s failed on attempt %d of %d with %s: %s Retrying in %.1f s.",
             stage,
             state.attempt_number,
             policy.attempts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mocra_elt.audit.store import encode_value
 from mocra_elt.config.model import Pipeline
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def extract(run: PipelineRun) -> StageOutcome:
     loader = DltLoader(run.pipeline, run.warehouse, run.work_dir / "dlt")
     run.state["loader"] = loader
     run.state["reader"] = reader
-    run.state["watermarks_before"] = {name: str(mark.value) for name, mark in watermarks.items()}
+    before = {name: encode_value(mark.value) for name, mark in watermarks.items()}
+    run.state["watermarks_before"] = before
     rows = loader.extract(reader.batches())
     context.stats["rejected_records"] = len(context.rejected)
     if "replay_files" in run.state:
@@ -54,7 +56,7 @@ def extract(run: PipelineRun) -> StageOutcome:
         rows_out=rows,
         bytes=reader.bytes_read or None,
         details={
-            "watermarks_before": {name: str(mark.value) for name, mark in watermarks.items()},
+            "watermarks_before": before,
             **context.stats,
         },
     )
@@ -100,7 +102,7 @@ def load(run: PipelineRun) -> StageOutcome:
         bytes=result.bytes or None,
         dlt_load_id=result.load_id,
         details={
-            "watermarks_after": {mark.cursor_name: str(mark.value) for mark in watermarks},
+            "watermarks_after": {mark.cursor_name: encode_value(mark.value) for mark in watermarks},
             "uncommitted_rows_removed": removed,
             "table": f"{run.pipeline.dataset}.{run.pipeline.load.table}",
         },
