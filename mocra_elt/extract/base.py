@@ -98,11 +98,30 @@ class SourceReader(ABC):
             self.context.rejected.extend(rejected)
             table = zoned_timestamps_to_microseconds(table)
             if self.cursor is not None:
+                table = self._set_aside_null_cursors(table)
                 table = self.cursor.filter(table)
             if table.num_rows == 0:
                 continue
             run_ids = pa.array([self.context.run_id] * table.num_rows, pa.string())
             yield table.append_column(RUN_ID_COLUMN, run_ids)
+
+    def _set_aside_null_cursors(self, table: pa.Table) -> pa.Table:
+        """Dead-letter rows whose cursor is NULL: they cannot be placed against the watermark."""
+        assert self.cursor is not None
+        name = self.cursor.name
+        if name not in table.column_names or table.column(name).null_count == 0:
+            return table
+        missing = pc.is_null(table.column(name))
+        for index in pc.indices_nonzero(missing).to_pylist():
+            self.context.rejected.append(
+                _rejected_row(
+                    table,
+                    index,
+                    f"the incremental cursor column {name!r} is NULL, so the record cannot be "
+                    "placed against the watermark; give it a value and replay it",
+                )
+            )
+        return table.filter(pc.invert(missing))
 
     def watermarks(self) -> list[Watermark]:
         """Return the watermarks to commit once the load has committed."""
@@ -228,12 +247,16 @@ def _rejected_row(table: pa.Table, index: int, reason: str) -> RejectedRecord:
 
 
 def _parse_timestamps(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Parse ISO 8601 strings; values without a zone offset are taken as UTC."""
-    try:
+    """Parse ISO 8601 strings; values without a zone offset are taken as UTC.
+
+    A column may mix both forms, so values with and without an offset are parsed apart.
+    """
+    zoned = pc.fill_null(pc.match_substring_regex(column, r"(Z|[+-]\d\d(:?\d\d)?)$"), False)
+    if pc.all(zoned).as_py() is not False:
         return pc.cast(column, ARROW_TYPES["timestamp"])
-    except pa.ArrowInvalid:
-        naive = pc.cast(column, pa.timestamp("us"))
-        return pc.assume_timezone(naive, "UTC")
+    with_zone = pc.cast(pc.if_else(zoned, column, None), ARROW_TYPES["timestamp"])
+    naive = pc.cast(pc.if_else(zoned, None, column), pa.timestamp("us"))
+    return pc.if_else(zoned, with_zone, pc.assume_timezone(naive, "UTC"))
 
 
 def build_reader(context: ExtractContext) -> SourceReader:

@@ -166,10 +166,28 @@ def _unwrap(error: Exception, default: type[MocraError] = LoadError) -> MocraErr
         if isinstance(current, MocraError):
             return current
         current = current.__cause__ or current.__context__
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    message = _root_message(error)
     if _looks_locked(error):
         return TransientError(f"the warehouse is locked: {message}", error_code="WAREHOUSE_LOCKED")
     return default(message)
+
+
+def _root_message(error: BaseException) -> str:
+    """Return dlt's first line joined with the innermost cause, which names the real problem."""
+    first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    innermost: BaseException = error
+    while innermost.__cause__ is not None or innermost.__context__ is not None:
+        innermost = innermost.__cause__ or innermost.__context__  # type: ignore[assignment]
+    cause = " ".join(str(innermost).split())
+    if innermost is error or not cause or cause in first:
+        return first
+    hint = ""
+    if "convert" in cause.lower() or "cast" in cause.lower():
+        hint = (
+            " Declare the column's type under load.columns, so values that do not convert "
+            "are dead-lettered instead of failing the load."
+        )
+    return f"{first.rstrip(':')}: {cause}.{hint}"
 
 
 def _looks_locked(error: BaseException) -> bool:

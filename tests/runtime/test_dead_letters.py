@@ -262,3 +262,69 @@ def test_unknown_letter_exit_2(project_dir: Path) -> None:
 
     assert result.exit_code == 2
     assert "dead letter 'feedface' not found" in result.output
+
+
+CURSOR_PIPELINE = """\
+    source:
+      type: files
+      url: data
+      glob: "*.csv"
+    load:
+      table: events
+      incremental: {cursor: happened_at}
+      columns: {id: bigint, happened_at: timestamp}
+    """
+
+
+def test_mixed_zone_timestamps_load(project_dir: Path) -> None:
+    (project_dir / "data").mkdir()
+    (project_dir / "data" / "events.csv").write_text(
+        "id,happened_at\n1,2024-03-01T01:00:00+02:00\n"
+        "2,2024-03-01 00:10:00\n3,2024-03-02T00:00:00Z\n"
+    )
+    write_pipeline(project_dir, "events", CURSOR_PIPELINE)
+
+    result = mocra(project_dir, "run")
+
+    assert result.exit_code == 0, result.output
+    rows = query(
+        project_dir,
+        "select id, strftime(happened_at at time zone 'UTC', '%Y-%m-%d %H:%M') "
+        "from raw_events.events order by id",
+    )
+    assert rows == [(1, "2024-02-29 23:00"), (2, "2024-03-01 00:10"), (3, "2024-03-02 00:00")]
+
+
+def test_null_cursor_dead_lettered(project_dir: Path) -> None:
+    (project_dir / "data").mkdir()
+    (project_dir / "data" / "events.csv").write_text(
+        "id,happened_at\n1,2024-03-01T00:00:00Z\n2,\n3,2024-03-02T00:00:00Z\n"
+    )
+    write_pipeline(project_dir, "events", CURSOR_PIPELINE)
+
+    result = mocra(project_dir, "run")
+
+    assert result.exit_code == 0, result.output
+    assert query(project_dir, "select id from raw_events.events order by id") == [(1,), (3,)]
+    [letter] = letters(project_dir, "open")
+    assert "the incremental cursor column 'happened_at' is NULL" in letter["error"]
+    shown = mocra(project_dir, "dlq", "show", letter["id"])
+    assert '"id": 2' in shown.output
+
+
+def test_load_failure_names_root_cause(project_dir: Path) -> None:
+    (project_dir / "data").mkdir()
+    (project_dir / "data" / "a.csv").write_text("id,amount\n1,1.5\n")
+    write_pipeline(
+        project_dir,
+        "events",
+        'source: {type: files, url: data, glob: "*.csv"}\nload: {table: events}\n',
+    )
+    assert mocra(project_dir, "run").exit_code == 0
+    (project_dir / "data" / "b.csv").write_text("id,amount\n2,x1\n")
+
+    result = mocra(project_dir, "run")
+
+    assert result.exit_code == 1
+    assert "x1" in result.output
+    assert "load.columns" in result.output
