@@ -139,11 +139,15 @@ class DeadLetterStore:
         )
 
     def get(self, letter: str) -> dict[str, Any] | None:
-        rows = self._query(f"select * from {SCHEMA}.dead_letters where id like ?", [letter + "%"])
+        rows = self._query(
+            f"select * from {SCHEMA}.dead_letters where left(id, length(?)) = ?", [letter, letter]
+        )
         return rows[0] if len(rows) == 1 else None
 
     def find(self, prefix: str) -> list[dict[str, Any]]:
-        return self._query(f"select * from {SCHEMA}.dead_letters where id like ?", [prefix + "%"])
+        return self._query(
+            f"select * from {SCHEMA}.dead_letters where left(id, length(?)) = ?", [prefix, prefix]
+        )
 
     def set_status(
         self,

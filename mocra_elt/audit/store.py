@@ -208,7 +208,8 @@ class AuditStore:
 
     def find_runs(self, prefix: str) -> list[dict[str, Any]]:
         return self._query(
-            f"select * from {SCHEMA}.runs where run_id like ? order by run_id", [prefix + "%"]
+            f"select * from {SCHEMA}.runs where left(run_id, length(?)) = ? order by run_id",
+            [prefix, prefix],
         )
 
     def stage_runs(self, run_id: str) -> list[dict[str, Any]]:

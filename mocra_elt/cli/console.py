@@ -88,6 +88,10 @@ def single_match(
     """Return the one row whose `key` starts with `prefix`, or raise naming what to do."""
     from mocra_elt.errors import ConfigError
 
+    if not prefix.strip():
+        raise ConfigError(
+            f"an empty {noun} id matches nothing; give the id or its first characters."
+        )
     if not matches:
         raise ConfigError(
             f"{noun} {prefix!r} not found. List them with '{list_command}'.",

@@ -49,12 +49,14 @@ def metrics(
     from mocra_elt.errors import ConfigError
     from mocra_elt.load.warehouse import open_warehouse
 
+    if output is not None and output_format == "table":
+        raise ConfigError("--output writes json or prometheus; add --format json or prometheus.")
     project = settings.project()
     window_start = None
     if since is not None:
         try:
             window_start = utcnow() - parse_duration(since)
-        except ValueError as error:
+        except (ValueError, OverflowError) as error:
             raise ConfigError(f"--since: {error}.") from None
     rows = []
     if project.target != "duckdb" or project.warehouse_path.exists():
@@ -70,7 +72,10 @@ def metrics(
     if output is None:
         click.echo(text, nl=False)
     else:
-        _write_atomically(output, text)
+        try:
+            _write_atomically(output, text)
+        except OSError as error:
+            raise ConfigError(f"cannot write {output}: {error.strerror}.") from None
 
 
 def _print_table(rows: list[Any]) -> None:
@@ -116,4 +121,6 @@ def _write_atomically(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         stream.write(text)
+    # Readable by a collector running as another user, as a file written with open() would be.
+    os.chmod(temporary, 0o644)
     os.replace(temporary, path)

@@ -15,10 +15,25 @@ from mocra_elt.errors import ConfigError
 YAML_SUFFIXES = (".yml", ".yaml")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_pipeline_file(path: Path) -> Pipeline:
     """Parse and validate one definition. The pipeline name defaults to the file stem."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"invalid YAML: {error}", path=path) from error
     except OSError as error:

@@ -34,13 +34,37 @@ class Strict(BaseModel):
 
 def parse_duration(value: str | int | float) -> timedelta:
     """Parse `90s`, `15m`, `2h`, `7d` or a number of seconds into a timedelta."""
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    match = DURATION.match(value)
-    if match is None:
-        raise ValueError(f"invalid duration {value!r}: use a number with s, m, h or d, e.g. '2h'")
-    amount, unit = match.groups()
-    return timedelta(**{DURATION_UNITS[unit]: int(amount)})
+    try:
+        if isinstance(value, int | float):
+            return timedelta(seconds=value)
+        match = DURATION.match(value)
+        if match is None:
+            raise ValueError(
+                f"invalid duration {value!r}: use a number with s, m, h or d, e.g. '2h'"
+            )
+        amount, unit = match.groups()
+        return timedelta(**{DURATION_UNITS[unit]: int(amount)})
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too large") from None
+
+
+def check_url_credentials(url: str) -> str:
+    """Reject a URL that carries a password or a credential-like query parameter."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "secrets may not be written in clear text: remove the user and password from "
+            "the URL and use auth or storage_options with '${env:VARIABLE}' references"
+        )
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if SENSITIVE_NAME.search(name):
+            raise ValueError(
+                f"secrets may not be written in clear text: the query parameter {name!r} looks "
+                "like a credential; pass it under params as '${env:VARIABLE}'"
+            )
+    return url
 
 
 def check_secret_reference(value: str | None) -> str | None:
@@ -181,7 +205,12 @@ class HttpSource(Strict):
     def _check_url(cls, value: str) -> str:
         if not re.match(r"^https?://", value):
             raise ValueError(f"base_url {value!r} must start with http:// or https://")
-        return value.rstrip("/")
+        return check_url_credentials(value).rstrip("/")
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        return check_url_credentials(value)
 
 
 class CsvOptions(Strict):
@@ -233,7 +262,7 @@ class FilesSource(Strict):
                 f"url {value!r} has the unsupported scheme {scheme!r}: use a local folder, "
                 "file:// or s3://"
             )
-        return value
+        return check_url_credentials(value) if separator else value
 
     @field_validator("storage_options")
     @classmethod

@@ -176,7 +176,7 @@ def recorded_results(
 ) -> list[dict[str, Any]]:
     """Return the results of one run (an id prefix) or of the newest `limit` runs."""
     if run_id is not None:
-        rows = query_results(connection, "where run_id like ?", [run_id + "%"])
+        rows = query_results(connection, "where left(run_id, length(?)) = ?", [run_id, run_id])
         runs = {row["run_id"] for row in rows}
         if not runs:
             raise ConfigError(

@@ -127,3 +127,27 @@ def test_quality_on_pg_target_rejected(project_dir: Path) -> None:
 
     assert result.exit_code == 2
     assert "run on the duckdb target only" in result.output
+
+
+def test_run_id_prefix_is_literal(project_dir: Path) -> None:
+    (project_dir / "data").mkdir()
+    (project_dir / "data" / "a.csv").write_text("id\n1\n")
+    write_pipeline(
+        project_dir, "orders", "source: {type: files, url: data}\nload: {table: orders}\n"
+    )
+    assert CliRunner().invoke(cli, ["--project-dir", str(project_dir), "run"]).exit_code == 0
+
+    for pattern in ("%", "_", ""):
+        result = CliRunner().invoke(
+            cli, ["--project-dir", str(project_dir), "runs", "show", pattern]
+        )
+        assert result.exit_code == 2, pattern
+
+
+def test_metrics_since_overflow_exit_2(project_dir: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--project-dir", str(project_dir), "metrics", "--since", "99999999999d"]
+    )
+
+    assert result.exit_code == 2
+    assert "--since" in result.output

@@ -240,3 +240,34 @@ def test_self_dependency_rejected(project_dir: Path) -> None:
 
     assert "depends_on names the pipeline itself" in str(caught.value)
     assert caught.value.field == "depends_on"
+
+
+def test_duplicate_key_rejected(project_dir: Path) -> None:
+    error = error_for(project_dir, "name: orders\nname: orders2\n" + MINIMAL)
+
+    assert "invalid YAML" in str(error)
+    assert "the key 'name' appears twice" in str(error)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{type: http, base_url: 'http://user:pass@127.0.0.1:1'}",
+        "{type: http, base_url: 'http://127.0.0.1:1', path: '/x?api_key=abc123'}",
+        "{type: files, url: 's3://AKIAEXAMPLE:secretsecret@bucket/p'}",
+    ],
+)
+def test_credentials_in_url_rejected(project_dir: Path, source: str) -> None:
+    error = error_for(project_dir, f"source: {source}\nload: {{table: t}}\n")
+
+    assert "secrets may not be written in clear text" in str(error)
+    assert "abc123" not in str(error)
+    assert "secretsecret" not in str(error)
+
+
+def test_huge_duration_rejected(project_dir: Path) -> None:
+    body = MINIMAL + "  write_disposition: merge\n  primary_key: id\n"
+    body += "  incremental: {cursor: updated_at, lookback: 99999999999999d}\n"
+    error = error_for(project_dir, body)
+
+    assert "load.incremental.lookback: duration '99999999999999d' is too large" in str(error)
