@@ -122,7 +122,18 @@ def replay(
     if bool(letter_ids) + (run_id is not None) + (pipeline is not None) != 1:
         raise click.UsageError("Give letter ids, or --run, or --pipeline (exactly one of them).")
     project = settings.project()
+    definitions = load_pipelines(project.sources_dir)
+    if pipeline is not None and pipeline not in definitions:
+        raise ConfigError(
+            f"unknown pipeline {pipeline!r}. Defined pipelines: {', '.join(sorted(definitions))}.",
+            error_code="CONFIG_NOT_FOUND",
+        )
     store = _store(settings)
+    if run_id is not None and not store.list_letters(run_id=run_id):
+        raise ConfigError(
+            f"run {run_id!r} has no dead letters. List letters with 'mocra-elt dlq list'.",
+            error_code="CONFIG_NOT_FOUND",
+        )
     if letter_ids:
         letters = [_find(store, letter) for letter in letter_ids]
     else:
@@ -132,7 +143,7 @@ def replay(
         return
 
     results = replay_letters(
-        project, load_pipelines(project.sources_dir), open_warehouse(project), letters,
+        project, definitions, open_warehouse(project), letters,
         ConsoleObserver(),
     )  # fmt: skip
     for result in results:

@@ -33,7 +33,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load_pipeline_file(path: Path) -> Pipeline:
     """Parse and validate one definition. The pipeline name defaults to the file stem."""
     try:
-        document = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+        with path.open(encoding="utf-8") as stream:  # a stream lets PyYAML name the file
+            document = yaml.load(stream, Loader=UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"invalid YAML: {error}", path=path) from error
     except OSError as error:

@@ -328,3 +328,15 @@ def test_load_failure_names_root_cause(project_dir: Path) -> None:
     assert result.exit_code == 1
     assert "x1" in result.output
     assert "load.columns" in result.output
+
+
+def test_replay_unknown_pipeline_or_run_exit_2(project_dir: Path) -> None:
+    write_pipeline(project_dir, "events", CSV_PIPELINE)
+
+    unknown_pipeline = mocra(project_dir, "dlq", "replay", "--pipeline", "nope")
+    unknown_run = mocra(project_dir, "dlq", "replay", "--run", "nope")
+
+    assert unknown_pipeline.exit_code == 2
+    assert "unknown pipeline 'nope'" in unknown_pipeline.output
+    assert unknown_run.exit_code == 2
+    assert "run 'nope' has no dead letters" in unknown_run.output
