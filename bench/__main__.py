@@ -1,8 +1,8 @@
 """Run every benchmark in turn: `python -m bench [NAME ...]`.
 
-Each benchmark is a script in this folder that prints its own comparison; this runs
-them as separate processes with their default options, so one's memory and caches do
-not colour the next. The PostgreSQL and Kafka benchmarks start their own servers.
+Each benchmark is a script in this folder that prints its own comparison. This runs
+them as separate processes with their default options, so that one's memory and caches
+do not colour the next. The PostgreSQL and Kafka benchmarks start their own servers.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> int:
 
 
 def topic_has_messages(bootstrap_servers: str, topic: str) -> bool:
-    """Return whether `topic` exists and any of its partitions holds a message."""
+    """Return whether `topic` exists and any of its partitions contains a message."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(

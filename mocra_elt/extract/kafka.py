@@ -153,7 +153,7 @@ def _resolve(value: Any, pipeline: str, field: str) -> Any:
 
 @dataclass
 class PartitionProgress:
-    """Where the reading of one partition started, where it is now and where it stops."""
+    """Start, current and end offsets of the read of one partition."""
 
     number: int
     start: int

@@ -148,7 +148,7 @@ def _write_replay_files(
             )
         lines = cache[reference]
         suffix = Path(reference).suffix
-        # NOTE: payload records are found by line, so a CSV record whose quoted value holds a
+        # NOTE: payload records are found by line, so a CSV record whose quoted value contains a
         # line break is cut at it; such records need their payload file fixed by hand.
         header = [lines[0]] if suffix == ".csv" else []
         record = lines[len(header) + int(index) - 1]

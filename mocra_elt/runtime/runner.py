@@ -261,8 +261,8 @@ class PipelineRun:
             self.state["lineage"] = record_run_lineage(
                 self.project, self.warehouse, self.run_id, self.pipeline
             )
-        except MocraError as error:
-            self.log.warning("lineage of this run was not recorded: %s", error)
+        except Exception as error:  # noqa: BLE001 - lineage is audit data, never a reason to fail
+            self.log.warning("lineage of this run was not recorded: %s", error, exc_info=True)
 
     def _emit_lineage_event(self, event_type: str, error: MocraError | None = None) -> None:
         """Send an OpenLineage event; emit_run_event logs its own failures and returns None."""
