@@ -503,7 +503,7 @@ def test_kill_while_consuming_then_rerun(
         ("properties: {sasl.password: hunter2}", "secrets may not be written in clear text"),
         ("properties: {group.id: other}", "group.id cannot be set in properties"),
         ("format: avro", "format 'avro' needs avro.schema_file"),
-        ("max_records: 0", "greater than or equal to 1"),
+        ("max_seconds: 0", "greater than 0"),
     ],
 )
 def test_invalid_source_options(project_dir: Path, extra: str, message: str) -> None:
@@ -511,6 +511,13 @@ def test_invalid_source_options(project_dir: Path, extra: str, message: str) -> 
     result = mocra(project_dir, "validate", "--skip-dbt")
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_zero_max_records_rejected(project_dir: Path) -> None:
+    write_kafka_pipeline(project_dir, "events", max_records=0)
+    result = mocra(project_dir, "validate", "--skip-dbt")
+    assert result.exit_code == 2, result.output
+    assert "greater than or equal to 1" in result.output
 
 
 # --- the reference pipeline -------------------------------------------------------------------
