@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mocra_elt.audit.store import SCHEMA, utcnow
-from mocra_elt.load.warehouse import Warehouse, table_exists
+from mocra_elt.files import write_atomically
+from mocra_elt.load.warehouse import Warehouse, fetch_dicts, table_exists
 
 STATUSES = ("open", "replayed", "discarded")
 
@@ -90,16 +89,34 @@ class DeadLetterStore:
     def save_payload(self, run_id: str, name: str, content: bytes) -> str:
         """Write a payload file atomically and return its `payload_ref`."""
         relative = Path("dead_letters") / run_id / name
-        target = self.data_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.")
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-        os.replace(temporary, target)
+        # Payloads are records from the source, so only the owner may read them.
+        write_atomically(self.data_dir / relative, content, mode=0o600)
         return relative.as_posix()
 
     def payload_path(self, payload_ref: str) -> Path:
         return self.data_dir / payload_ref
+
+    def record_lines(
+        self,
+        payload_ref: str,
+        cache: dict[str, list[str]] | None = None,
+        errors: str = "strict",
+    ) -> list[str]:
+        """Return the record `<payload file>#<n>` points to, after its CSV header if it has one.
+
+        `cache` maps payload files to their lines, for callers that read many records.
+        """
+        reference, _, index = payload_ref.partition("#")
+        lines = cache.get(reference) if cache is not None else None
+        if lines is None:
+            text = self.payload_path(reference).read_text(encoding="utf-8", errors=errors)
+            lines = text.splitlines()
+            if cache is not None:
+                cache[reference] = lines
+        # NOTE: payload records are found by line, so a CSV record whose quoted value contains a
+        # line break is cut at it. Such records need their payload file fixed by hand.
+        header = [lines[0]] if reference.endswith(".csv") else []
+        return [*header, lines[len(header) + int(index) - 1]]
 
     def add(self, letters: list[DeadLetter]) -> int:
         """Insert letters whose id is new; return how many were inserted."""
@@ -183,9 +200,7 @@ class DeadLetterStore:
         with self.warehouse.connect() as connection:
             if not table_exists(connection, SCHEMA, "dead_letters"):
                 return []
-            cursor = connection.execute(sql, parameters)
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            return fetch_dicts(connection, sql, parameters)
 
 
 def _existing_ids(connection: Any, ids: list[str]) -> set[str]:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from mocra_elt.audit.store import SCHEMA, utcnow
-from mocra_elt.load.warehouse import Warehouse, table_exists
+from mocra_elt.load.warehouse import Warehouse, fetch_dicts, table_exists
 
 
 @dataclass
@@ -71,9 +71,9 @@ def compute_metrics(
     with warehouse.connect() as connection:
         if not table_exists(connection, SCHEMA, "runs"):
             return []
-        runs = _rows(connection, f"select * from {SCHEMA}.runs")
-        stages = _rows(connection, f"select * from {SCHEMA}.stage_runs")
-        marks = _rows(connection, f"select * from {SCHEMA}.watermarks")
+        runs = fetch_dicts(connection, f"select * from {SCHEMA}.runs")
+        stages = fetch_dicts(connection, f"select * from {SCHEMA}.stage_runs")
+        marks = fetch_dicts(connection, f"select * from {SCHEMA}.watermarks")
         letters = _dead_letters(connection)
 
     runs = [r for r in runs if _selected(r, since, pipeline)]
@@ -188,12 +188,6 @@ def _dead_letters(connection: Any) -> dict[tuple[str, str], int]:
     for pipeline, stage, count in rows:
         counts[(pipeline, stage)] += int(count)
     return counts
-
-
-def _rows(connection: Any, sql: str) -> list[dict[str, Any]]:
-    cursor = connection.execute(sql)
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _selected(run: dict[str, Any], since: datetime | None, pipeline: str | None) -> bool:

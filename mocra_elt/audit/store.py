@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mocra_elt.load.warehouse import Warehouse
+from mocra_elt.load.warehouse import Warehouse, fetch_dicts
 
 SCHEMA = "mocra_audit"
 
@@ -300,9 +300,7 @@ class AuditStore:
         with self.warehouse.connect() as connection:
             if not _schema_exists(connection):
                 return []
-            cursor = connection.execute(sql, parameters)
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            return fetch_dicts(connection, sql, parameters)
 
 
 def _schema_exists(connection: Any) -> bool:

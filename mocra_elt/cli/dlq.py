@@ -187,13 +187,12 @@ def payload_preview(store: Any, payload_ref: str) -> list[str]:
     path = store.payload_path(reference)
     if not path.exists():
         return [f"(payload file {path} is missing)"]
+    if index:
+        return store.record_lines(payload_ref, errors="replace")
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    if not index:
-        shown = lines[:PREVIEW_LINES]
-        more = len(lines) - len(shown)
-        return shown + ([f"... {more} more lines in {path}"] if more > 0 else [])
-    header = [lines[0]] if path.suffix == ".csv" else []
-    return [*header, lines[len(header) + int(index) - 1]]
+    shown = lines[:PREVIEW_LINES]
+    more = len(lines) - len(shown)
+    return shown + ([f"... {more} more lines in {path}"] if more > 0 else [])
 
 
 def _store(settings: Settings) -> Any:

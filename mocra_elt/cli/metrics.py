@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ def metrics(
     from mocra_elt.audit.store import utcnow
     from mocra_elt.config.model import parse_duration
     from mocra_elt.errors import ConfigError
+    from mocra_elt.files import write_atomically
     from mocra_elt.load.warehouse import open_warehouse
 
     if output is not None and output_format == "table":
@@ -73,7 +72,7 @@ def metrics(
         click.echo(text, nl=False)
     else:
         try:
-            _write_atomically(output, text)
+            write_atomically(output, text.encode())
         except OSError as error:
             raise ConfigError(f"cannot write {output}: {error.strerror}.") from None
 
@@ -114,13 +113,3 @@ def _number(value: float | None, spec: str) -> str:
 
 def _lag(seconds: float | None) -> str:
     return "" if seconds is None else str(timedelta(seconds=round(seconds)))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    # Readable by a collector running as another user, as a file written with open() would be.
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)

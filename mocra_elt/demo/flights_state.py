@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mocra_elt.errors import ConfigError
+from mocra_elt.files import write_atomically
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,7 +68,7 @@ def ensure_initial_state(state_dir: Path, limit_rows: int | None = None) -> dict
         initial = flights.filter(_on_date(flights, held_back, negate=True))
         _write_state(state_dir, _with_initial_updated_at(initial))
         settings = StateSettings(limit_rows, held_back.isoformat())
-        _write_atomically(state_dir / SETTINGS_FILE, settings.to_json().encode())
+        write_atomically(state_dir / SETTINGS_FILE, settings.to_json().encode())
     return summarize(state_dir)
 
 
@@ -233,12 +234,6 @@ def _write_state(state_dir: Path, table: pa.Table) -> None:
         os.replace(temporary, state_path(state_dir))
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
 
 
 @contextmanager

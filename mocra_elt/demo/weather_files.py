@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from mocra_elt.demo.nycflights import data_dir, read_csv
 from mocra_elt.errors import ConfigError
+from mocra_elt.files import write_atomically
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -144,9 +145,7 @@ def _replace_bytes(path: Path, data: bytes) -> bool:
     """Write `data` to `path` unless the file already contains it, and return whether it wrote."""
     if path.is_file() and path.read_bytes() == data:
         return False
-    temporary = _temporary_path(path)
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    write_atomically(path, data)
     return True
 
 

@@ -156,6 +156,13 @@ def open_warehouse(project: Project) -> Warehouse:
     )
 
 
+def fetch_dicts(connection: Any, sql: str, parameters: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Run a query and return its rows as dicts keyed by column name."""
+    cursor = connection.execute(sql, list(parameters))
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
 def table_exists(connection: Any, schema: str, table: str) -> bool:
     row = connection.execute(
         "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mocra_elt.load.warehouse import Warehouse
+from mocra_elt.load.warehouse import Warehouse, fetch_dicts, table_exists
 from mocra_elt.quality.engine import CheckResult, json_value
 
 SCHEMA = "mocra_audit"
@@ -121,15 +121,10 @@ def results_of_run(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
 
 
 def query_results(connection: Any, where: str, parameters: list[Any]) -> list[dict[str, Any]]:
-    exists = connection.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and "
-        "table_name = 'quality_results'",
-        [SCHEMA],
-    ).fetchone()
-    if not exists or not exists[0]:
+    if not table_exists(connection, SCHEMA, "quality_results"):
         return []
-    cursor = connection.execute(
-        f"select * from {TABLE} {where} order by checked_at, suite, rule_index", parameters
+    return fetch_dicts(
+        connection,
+        f"select * from {TABLE} {where} order by checked_at, suite, rule_index",
+        parameters,
     )
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -141,19 +141,10 @@ def _write_replay_files(
     cache: dict[str, list[str]] = {}
     files: dict[str, str] = {}
     for letter in letters:
-        reference, _, index = letter["payload_ref"].partition("#")
-        if reference not in cache:
-            cache[reference] = (
-                store.payload_path(reference).read_text(encoding="utf-8").splitlines()
-            )
-        lines = cache[reference]
-        suffix = Path(reference).suffix
-        # NOTE: payload records are found by line, so a CSV record whose quoted value contains a
-        # line break is cut at it; such records need their payload file fixed by hand.
-        header = [lines[0]] if suffix == ".csv" else []
-        record = lines[len(header) + int(index) - 1]
-        name = f"{letter['id']}{suffix}"
-        (folder / name).write_text("\n".join([*header, record]) + "\n", encoding="utf-8")
+        reference = letter["payload_ref"].partition("#")[0]
+        record = store.record_lines(letter["payload_ref"], cache)
+        name = f"{letter['id']}{Path(reference).suffix}"
+        (folder / name).write_text("\n".join(record) + "\n", encoding="utf-8")
         files[name] = letter["id"]
     return files
 
