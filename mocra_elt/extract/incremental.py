@@ -100,9 +100,12 @@ class RecordCursor:
         seen = set(self.committed.boundary_keys) if self.committed else set()
         if not seen:
             return on_boundary
-        keys = row_keys(table, self.primary_key)
-        fresh = pa.array([key not in seen for key in keys])
-        return pc.and_kleene(on_boundary, fresh)
+        # Only rows on the watermark can be among its keys, so only they are hashed.
+        positions = pc.indices_nonzero(pc.fill_null(on_boundary, False))
+        keys = row_keys(table.take(positions), self.primary_key)
+        pairs = zip(positions.to_pylist(), keys, strict=True)
+        unseen = [position for position, key in pairs if key not in seen]
+        return pc.is_in(pa.array(range(table.num_rows)), pa.array(unseen, pa.int64()))
 
     def _track_maximum(self, table: pa.Table) -> None:
         if table.num_rows == 0:
