@@ -3,10 +3,10 @@
     .venv/bin/python bench/pg_sink.py [--rows 1000000] [--changed 0.1] [--repeat 3]
 
 Builds a model of ROWS accounts (id, bid, balance, 84-character filler) in a
-DuckDB warehouse and publishes it once to a seed table on the server in
+DuckDB warehouse and publishes it once to a starting table on the server in
 MOCRA_PG_*, or on a throwaway one that scripts/services.sh starts and stops.
 Then it changes the balance of a CHANGED share of the model's rows and, for
-each attempt, copies the seed table into a fresh target and times, in the same
+each attempt, copies the starting table into a fresh target and times, in the same
 process and from the same model:
 
 - mocra-elt: the `postgres` sink's publish (DuckDB -> Arrow -> ADBC binary COPY
@@ -81,7 +81,7 @@ class Bench:
             return rows
 
     def fresh_target(self, name: str) -> str:
-        """Copy the seed table, with its primary key, into bench.NAME; return its name."""
+        """Copy the starting table, with its primary key, into bench.NAME; return its name."""
         target = f"bench.{name}"
         self.postgres(
             f"drop table if exists {target}",

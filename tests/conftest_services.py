@@ -230,7 +230,8 @@ class KafkaBroker:
             producer.produce(topic, key=key, value=value, on_delivery=delivered, **extra)
             producer.poll(0)
         remaining = producer.flush(30)
-        assert remaining == 0 and not failures, f"{remaining} undelivered, errors {failures}"
+        assert remaining == 0, f"{remaining} messages undelivered"
+        assert not failures, f"delivery errors: {failures}"
 
     def consume_all(self, topic: str, timeout: float = 30) -> list[Any]:
         """Return every message of the topic, read from the start of each partition."""

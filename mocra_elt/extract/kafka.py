@@ -366,7 +366,7 @@ class KafkaReader(SourceReader):
             progress.in_range = True
             self._finish(consumer, progress)
         elif out_of_range and progress is not None:
-            # NOTE: Tansu 0.6.0 answers such fetches without an error, so only _check_ranges
+            # NOTE: Tansu 0.6.0 replies to such fetches without an error, so only _check_ranges
             # has run against a broker; Apache Kafka reports the range error and comes here.
             _, high = self._listed_offsets(consumer, progress.number)
             self._reset(consumer, progress, high, "outside the partition")

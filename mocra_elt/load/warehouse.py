@@ -38,7 +38,7 @@ class Cursor(Protocol):
 
 
 class Warehouse(Protocol):
-    """What the runner and audit store need from a warehouse."""
+    """Interface through which the runner and the audit store reach a warehouse."""
 
     name: str
 

@@ -156,7 +156,8 @@ def validating_broker(tmp_path: Path, kafka_broker: KafkaBroker) -> Iterator[Kaf
     try:
         deadline = time.monotonic() + 20
         while not _listening(port):
-            assert broker.poll() is None and time.monotonic() < deadline, "Tansu did not start"
+            assert broker.poll() is None, "Tansu exited before it listened"
+            assert time.monotonic() < deadline, "Tansu did not listen within 20 s"
             time.sleep(0.1)
         validating = KafkaBroker(f"127.0.0.1:{port}")
         validating.create_topic("guarded")
